@@ -1,0 +1,62 @@
+//! `capfilt doctor`: checks that ONNX Runtime is found and runs a graph on the chosen device.
+
+use std::path::PathBuf;
+
+use capfilt_worker::{Device, OrtConfig, OrtRuntime, SessionOptions};
+use clap::Args;
+use ndarray::Array2;
+use ort::value::TensorRef;
+
+use crate::exit::{CliError, CliResult};
+
+/// The test graph of `testdata/onnx/smoke.onnx`: probs = softmax(x @ W + b), relu = relu(x).
+const SMOKE_GRAPH: &[u8] = include_bytes!("../../testdata/onnx/smoke.onnx");
+
+/// Arguments of `capfilt doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// ONNX Runtime library to load (default: ORT_DYLIB_PATH, then third_party/onnxruntime/).
+    #[arg(long, value_name = "PATH", env = "CAPFILT_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
+    /// Device to run the test graph on: cpu or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: Device,
+}
+
+/// Runs `capfilt doctor`.
+pub fn run(args: DoctorArgs) -> CliResult {
+    let mut config = OrtConfig::for_build();
+    config.library = args.ort_library;
+    let path = config.resolve().map_err(|e| CliError::Usage(e.into()))?;
+    println!("onnx runtime library: {}", path.display());
+    let rt = OrtRuntime::init(&config).map_err(|e| CliError::Usage(e.into()))?;
+    println!("onnx runtime build:   {}", rt.build_info());
+    let options = SessionOptions {
+        device: args.device,
+        ..SessionOptions::default()
+    };
+    let mut session = rt
+        .session_from_bytes("smoke.onnx", SMOKE_GRAPH, &options)
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let x = Array2::from_shape_vec((1, 3), vec![1.0f32, 0.0, 0.0])
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let tensor = TensorRef::from_array_view(&x).map_err(|e| CliError::Failed(e.into()))?;
+    let outputs = session
+        .run(ort::inputs!["x" => tensor])
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let probs = outputs["probs"]
+        .try_extract_array::<f32>()
+        .map_err(|e| CliError::Failed(e.into()))?;
+    // logits = [1, -1] + [0.25, -0.25] = [1.25, -1.25] -> softmax [0.924142, 0.075858]
+    let want = [0.924_141_8f32, 0.075_858_18];
+    let ok = probs.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-5);
+    if !ok {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "test graph on {} gave {:?}, expected {want:?}",
+            args.device,
+            probs.iter().collect::<Vec<_>>()
+        )));
+    }
+    println!("test graph on {}:    ok", args.device);
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `capfilt`: the one binary of capfilt. Each subcommand lives in its own module; this file parses
+//! the command line, sets up logging and maps errors to exit codes (0 ok, 1 the job failed,
+//! 2 bad usage or configuration).
+
+mod doctor;
+mod exit;
+mod logging;
+mod serve;
+mod status;
+mod synth;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// capfilt runs BLIP's CapFilt data bootstrapping (caption + filter web image–text data) as a
+/// distributed pipeline: a coordinator shards Parquet datasets over gRPC to workers that run an
+/// ONNX captioner and filter.
+#[derive(Debug, Parser)]
+#[command(name = "capfilt", version, propagate_version = true)]
+struct Cli {
+    /// More detail in logs and errors (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log format: text (default; with colours on a terminal) or json.
+    #[arg(long, global = true, env = "CAPFILT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the synthetic CapFilt benchmark (seed, web and eval splits) as img2dataset-style Parquet.
+    Synth(synth::SynthArgs),
+    /// Run a coordinator: the gRPC server workers register with and poll for shards.
+    Coordinator(serve::CoordinatorArgs),
+    /// Show a coordinator's shards by state, workers and throughput.
+    Status(status::StatusArgs),
+    /// Check the installation: find and load ONNX Runtime and run a test graph on a device.
+    Doctor(doctor::DoctorArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+        Err(e) => e.exit(),
+    };
+    logging::init(cli.verbose, &cli.log_format);
+    let result = match cli.command {
+        Command::Synth(args) => synth::run(args),
+        Command::Coordinator(args) => serve::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Doctor(args) => doctor::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(cli.verbose > 0),
+    }
+}

@@ -1,0 +1,199 @@
+//! `capfilt status`: asks a coordinator for its status and prints it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use capfilt_proto::v1::coordinator_client::CoordinatorClient;
+use capfilt_proto::{PROTOCOL_VERSION, v1};
+use clap::Args;
+
+use crate::exit::{CliError, CliResult};
+
+/// Arguments of `capfilt status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Coordinator URL, e.g. http://127.0.0.1:50051
+    #[arg(long, value_name = "URL", env = "CAPFILT_COORDINATOR")]
+    coordinator: String,
+    /// Print the status as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every N seconds until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<u64>,
+    /// Include one line per shard.
+    #[arg(long)]
+    shards: bool,
+}
+
+/// Runs `capfilt status`.
+pub fn run(args: StatusArgs) -> CliResult {
+    let endpoint = tonic::transport::Endpoint::from_shared(args.coordinator.clone())
+        .with_context(|| {
+            format!(
+                "'{}' is not a valid coordinator URL (e.g. http://127.0.0.1:50051)",
+                args.coordinator
+            )
+        })
+        .map_err(CliError::Usage)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    let runtime = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .map_err(CliError::Failed)?;
+    runtime.block_on(async move {
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))
+            .map_err(CliError::Failed)?;
+        let mut client = CoordinatorClient::new(channel);
+        loop {
+            let status = client
+                .get_status(v1::GetStatusRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    include_shards: args.shards,
+                })
+                .await
+                .map_err(|s| {
+                    CliError::Failed(anyhow::anyhow!(
+                        "coordinator refused GetStatus: {}",
+                        s.message()
+                    ))
+                })?
+                .into_inner();
+            if args.json {
+                println!("{}", to_json(&status));
+            } else {
+                print!("{}", render(&status));
+            }
+            match args.watch {
+                Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+                None => return Ok(()),
+            }
+        }
+    })
+}
+
+fn device_name(d: Option<&v1::Device>) -> String {
+    match d {
+        Some(d) if d.kind() == v1::DeviceKind::Cuda => format!("cuda:{}", d.index),
+        Some(d) if d.kind() == v1::DeviceKind::Cpu => "cpu".into(),
+        _ => "?".into(),
+    }
+}
+
+/// The status as a table for a terminal.
+pub fn render(s: &v1::GetStatusResponse) -> String {
+    use std::fmt::Write;
+    let shards = s.shards.clone().unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "coordinator {} up {:.0} s, round {}",
+        s.coordinator_instance,
+        s.uptime_ms as f64 / 1000.0,
+        if s.round == 0 {
+            "none".to_string()
+        } else {
+            s.round.to_string()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "shards: {} pending, {} leased, {} committed, {} quarantined; rows {}/{}",
+        shards.pending,
+        shards.leased,
+        shards.committed,
+        shards.quarantined,
+        s.rows_done,
+        s.rows_total
+    );
+    let _ = writeln!(out, "workers: {}", s.workers.len());
+    if !s.workers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<8} {:>5} {:>6} {:>10} {:>9}",
+            "worker", "device", "slots", "leases", "rows", "rows/s"
+        );
+        for w in &s.workers {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<8} {:>5} {:>6} {:>10} {:>9.1}",
+                w.worker_id,
+                device_name(w.device.as_ref()),
+                w.slots,
+                w.leases,
+                w.rows_done,
+                w.rows_per_s
+            );
+        }
+    }
+    for sh in &s.shard_list {
+        let _ = writeln!(
+            out,
+            "  shard {} {:?} attempt {} {} {}/{} {}",
+            sh.shard_id,
+            sh.state(),
+            sh.attempt,
+            sh.worker_id,
+            sh.rows_done,
+            sh.rows_total,
+            sh.last_error
+        );
+    }
+    out
+}
+
+/// The status as JSON (stable field names, for scripts).
+pub fn to_json(s: &v1::GetStatusResponse) -> String {
+    let shards = s.shards.clone().unwrap_or_default();
+    let workers: Vec<serde_json::Value> = s
+        .workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "worker_id": w.worker_id,
+                "device": device_name(w.device.as_ref()),
+                "slots": w.slots,
+                "leases": w.leases,
+                "rows_done": w.rows_done,
+                "rows_per_s": w.rows_per_s,
+                "hostname": w.hostname,
+                "build_version": w.build_version,
+                "last_seen_unix_ms": w.last_seen_unix_ms,
+            })
+        })
+        .collect();
+    let shard_list: Vec<serde_json::Value> = s
+        .shard_list
+        .iter()
+        .map(|sh| {
+            serde_json::json!({
+                "shard_id": sh.shard_id,
+                "state": sh.state().as_str_name(),
+                "attempt": sh.attempt,
+                "worker_id": sh.worker_id,
+                "rows_done": sh.rows_done,
+                "rows_total": sh.rows_total,
+                "last_error": sh.last_error,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "coordinator_instance": s.coordinator_instance,
+        "uptime_ms": s.uptime_ms,
+        "round": s.round,
+        "shards": {
+            "pending": shards.pending,
+            "leased": shards.leased,
+            "committed": shards.committed,
+            "quarantined": shards.quarantined,
+        },
+        "rows_done": s.rows_done,
+        "rows_total": s.rows_total,
+        "workers": workers,
+        "shard_list": shard_list,
+    })
+    .to_string()
+}

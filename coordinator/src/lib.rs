@@ -1,0 +1,64 @@
+#![doc = include_str!("../README.md")]
+
+pub mod registry;
+pub mod service;
+
+use std::future::Future;
+
+use capfilt_proto::v1::coordinator_server::CoordinatorServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use service::{CoordinatorService, Timing};
+
+/// Errors of the coordinator, each mapped once to a gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// A request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A worker that never registered (or registered with a previous coordinator instance).
+    #[error("worker {0} is not registered with this coordinator: register first")]
+    UnknownWorker(String),
+    /// A lease this coordinator did not grant.
+    #[error("shard {shard_id} attempt {attempt} is not leased by this coordinator")]
+    UnknownLease {
+        /// Shard.
+        shard_id: String,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The server could not run.
+    #[error("coordinator server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(e: CoordinatorError) -> Self {
+        let code = match &e {
+            CoordinatorError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            // The worker reacts by registering again (e.g. after a coordinator restart).
+            CoordinatorError::UnknownWorker(_) => tonic::Code::FailedPrecondition,
+            CoordinatorError::UnknownLease { .. } => tonic::Code::NotFound,
+            CoordinatorError::Transport(_) => tonic::Code::Unavailable,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// Serves the coordinator on an already-bound `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests finish.
+pub async fn run(
+    service: CoordinatorService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), CoordinatorError> {
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "coordinator listening");
+    tonic::transport::Server::builder()
+        .add_service(CoordinatorServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! `bundle.json`: the manifest of a model bundle (DESIGN.md §2 "Model bundles").
+//!
+//! A bundle is a folder with `bundle.json`, `tokenizer.json` and ONNX graphs. The manifest says
+//! how to preprocess images, which special tokens the model uses (BLIP swaps `[CLS]` for `[DEC]`
+//! in the captioner's decoder and for `[ENC]` in the filter's ITM head), the prompt and
+//! generation defaults, the graphs with their input and output names, where the weights came
+//! from, and the sha256 of every other file so a worker can verify the bundle before loading it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SchemaError;
+
+/// Format version of `bundle.json` written by this build.
+pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+
+/// File name of a bundle's manifest.
+pub const BUNDLE_MANIFEST_FILE: &str = "bundle.json";
+
+/// What a bundle's model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleKind {
+    /// Image-grounded text decoder (`BlipForConditionalGeneration`).
+    Captioner,
+    /// Image-text matching (`BlipForImageTextRetrieval`).
+    Filter,
+}
+
+impl BundleKind {
+    /// Graph names a bundle of this kind must have.
+    pub fn required_graphs(self) -> &'static [&'static str] {
+        match self {
+            BundleKind::Captioner => &["vision", "decoder"],
+            BundleKind::Filter => &["vision", "itm"],
+        }
+    }
+}
+
+impl fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BundleKind::Captioner => "captioner",
+            BundleKind::Filter => "filter",
+        })
+    }
+}
+
+/// Image resampling filter for the resize to `image_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    /// Bicubic, as BLIP's image processor (PIL's BICUBIC).
+    Bicubic,
+    /// Bilinear.
+    Bilinear,
+}
+
+/// Image preprocessing: RGB, resize to `image_size` square, rescale, normalise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Side of the square model input, in pixels.
+    pub image_size: u32,
+    /// Resize filter.
+    pub resample: Resample,
+    /// Multiplier applied to 8-bit pixel values before normalisation (1/255).
+    pub rescale_factor: f32,
+    /// Per-channel mean (CLIP's by default).
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (CLIP's by default).
+    pub std: [f32; 3],
+}
+
+impl Preprocessing {
+    /// CLIP's normalisation mean, used by BLIP.
+    pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+    /// CLIP's normalisation standard deviation, used by BLIP.
+    pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+    /// BLIP's preprocessing at the given image size.
+    pub fn blip(image_size: u32) -> Self {
+        Self {
+            image_size,
+            resample: Resample::Bicubic,
+            rescale_factor: 1.0 / 255.0,
+            mean: Self::CLIP_MEAN,
+            std: Self::CLIP_STD,
+        }
+    }
+}
+
+/// A special token and its id in `tokenizer.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenId {
+    /// Token text, e.g. `[SEP]`.
+    pub token: String,
+    /// Vocabulary id.
+    pub id: u32,
+}
+
+/// The special tokens a bundle uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// Padding.
+    pub pad: TokenId,
+    /// Ends a caption.
+    pub sep: TokenId,
+    /// Unknown word.
+    pub unk: TokenId,
+    /// The tokenizer's own `[CLS]`, replaced by `dec` or `enc` in the model's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cls: Option<TokenId>,
+    /// Decoder start token (captioner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dec: Option<TokenId>,
+    /// ITM encoder start token (filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc: Option<TokenId>,
+}
+
+/// The tokenizer of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerSpec {
+    /// File name within the bundle (a Hugging Face `tokenizer.json`).
+    pub file: String,
+    /// Longest text sequence the text model accepts, in tokens.
+    pub max_length: u32,
+    /// Special tokens.
+    pub special_tokens: SpecialTokens,
+}
+
+/// Generation defaults of a captioner (DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationDefaults {
+    /// `nucleus`, `greedy` or `beam`.
+    pub decoding: String,
+    /// Nucleus top-p.
+    pub top_p: f32,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Beams for beam search.
+    pub num_beams: u32,
+    /// Repetition penalty.
+    pub repetition_penalty: f32,
+    /// Minimum length in tokens.
+    pub min_length: u32,
+    /// Maximum length in tokens.
+    pub max_length: u32,
+}
+
+/// One ONNX graph of a bundle with its input and output names, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphSpec {
+    /// File name within the bundle.
+    pub file: String,
+    /// Input names.
+    pub inputs: Vec<String>,
+    /// Output names.
+    pub outputs: Vec<String>,
+}
+
+/// Shapes the inference code needs (KV cache layout, embedding sizes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Architecture {
+    /// Vision transformer hidden size.
+    pub vision_hidden_size: u32,
+    /// Vision patch size.
+    pub patch_size: u32,
+    /// Text transformer hidden size.
+    pub text_hidden_size: u32,
+    /// Text transformer layers (decoder layers for a captioner).
+    pub text_layers: u32,
+    /// Attention heads in the text transformer.
+    pub text_heads: u32,
+    /// Vocabulary size.
+    pub vocab_size: u32,
+}
+
+/// Where a bundle's weights came from and how good they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Bundle this one was trained from or replaces (URL or sha256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Training data: input prefixes or round manifests.
+    #[serde(default)]
+    pub training_data: Vec<String>,
+    /// The command that made the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Evaluation figures on the held-out split (e.g. `exact_match`, `auc`).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The contents of `bundle.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleManifest {
+    /// [`BUNDLE_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Captioner or filter.
+    pub kind: BundleKind,
+    /// Human-readable name, e.g. `shapes-seed-captioner`.
+    pub name: String,
+    /// Image preprocessing.
+    pub preprocessing: Preprocessing,
+    /// Tokenizer.
+    pub tokenizer: TokenizerSpec,
+    /// Captioner prompt (`"a picture of "`), stripped from generated captions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Captioner generation defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationDefaults>,
+    /// Model shapes.
+    pub architecture: Architecture,
+    /// ONNX graphs by role (`vision`, `decoder`, `itm`).
+    pub graphs: BTreeMap<String, GraphSpec>,
+    /// Provenance and metrics.
+    #[serde(default)]
+    pub provenance: Provenance,
+    /// sha256 (lower-case hex) of every other file of the bundle, by relative path.
+    pub files: BTreeMap<String, String>,
+}
+
+impl BundleManifest {
+    /// Parses and validates `bundle.json`; `source` names it in errors.
+    pub fn from_json(source: &str, json: &str) -> Result<Self, SchemaError> {
+        let manifest: Self = serde_json::from_str(json).map_err(|e| SchemaError::BadBundle {
+            source_name: source.to_string(),
+            problem: e.to_string(),
+        })?;
+        manifest.validate(source)?;
+        Ok(manifest)
+    }
+
+    /// Checks the manifest's internal consistency: version, required graphs and special tokens,
+    /// preprocessing values, and a well-formed sha256 for every graph and the tokenizer.
+    pub fn validate(&self, source: &str) -> Result<(), SchemaError> {
+        let bad = |problem: String| SchemaError::BadBundle {
+            source_name: source.to_string(),
+            problem,
+        };
+        if self.format_version != BUNDLE_FORMAT_VERSION {
+            return Err(bad(format!(
+                "format_version {} is not supported (this build reads {BUNDLE_FORMAT_VERSION})",
+                self.format_version
+            )));
+        }
+        for graph in self.kind.required_graphs() {
+            if !self.graphs.contains_key(*graph) {
+                return Err(bad(format!(
+                    "a {} bundle needs a '{graph}' graph",
+                    self.kind
+                )));
+            }
+        }
+        let start = match self.kind {
+            BundleKind::Captioner => &self.tokenizer.special_tokens.dec,
+            BundleKind::Filter => &self.tokenizer.special_tokens.enc,
+        };
+        if start.is_none() {
+            let name = match self.kind {
+                BundleKind::Captioner => "dec",
+                BundleKind::Filter => "enc",
+            };
+            return Err(bad(format!(
+                "a {} bundle needs special_tokens.{name}",
+                self.kind
+            )));
+        }
+        let p = &self.preprocessing;
+        if p.image_size == 0 || p.std.iter().any(|s| *s <= 0.0) || p.rescale_factor <= 0.0 {
+            return Err(bad(
+                "preprocessing needs image_size > 0, rescale_factor > 0 and std > 0".into(),
+            ));
+        }
+        let needed = self
+            .graphs
+            .values()
+            .map(|g| g.file.as_str())
+            .chain(std::iter::once(self.tokenizer.file.as_str()));
+        for file in needed {
+            match self.files.get(file) {
+                None => return Err(bad(format!("files has no sha256 for '{file}'"))),
+                Some(h) if !is_sha256_hex(h) => {
+                    return Err(bad(format!(
+                        "sha256 of '{file}' is not 64 lower-case hex digits"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a lower-case hex sha256 digest.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(t: &str, id: u32) -> TokenId {
+        TokenId {
+            token: t.into(),
+            id,
+        }
+    }
+
+    fn captioner() -> BundleManifest {
+        let graph = |file: &str| GraphSpec {
+            file: file.into(),
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+        };
+        BundleManifest {
+            format_version: BUNDLE_FORMAT_VERSION,
+            kind: BundleKind::Captioner,
+            name: "test".into(),
+            preprocessing: Preprocessing::blip(96),
+            tokenizer: TokenizerSpec {
+                file: "tokenizer.json".into(),
+                max_length: 40,
+                special_tokens: SpecialTokens {
+                    pad: token("[PAD]", 0),
+                    sep: token("[SEP]", 3),
+                    unk: token("[UNK]", 1),
+                    cls: Some(token("[CLS]", 2)),
+                    dec: Some(token("[DEC]", 5)),
+                    enc: None,
+                },
+            },
+            prompt: Some("a picture of ".into()),
+            generation: None,
+            architecture: Architecture {
+                vision_hidden_size: 64,
+                patch_size: 16,
+                text_hidden_size: 64,
+                text_layers: 2,
+                text_heads: 2,
+                vocab_size: 100,
+            },
+            graphs: BTreeMap::from([
+                ("vision".into(), graph("vision.onnx")),
+                ("decoder".into(), graph("decoder.onnx")),
+            ]),
+            provenance: Provenance::default(),
+            files: ["vision.onnx", "decoder.onnx", "tokenizer.json"]
+                .into_iter()
+                .map(|f| (f.to_string(), "0".repeat(64)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn valid_manifest_round_trips() {
+        let m = captioner();
+        let json = serde_json::to_string(&m).expect("json");
+        assert_eq!(BundleManifest::from_json("b", &json).expect("valid"), m);
+    }
+
+    #[test]
+    fn missing_graph_token_or_hash_is_refused_with_its_name() {
+        let mut m = captioner();
+        m.graphs.remove("decoder");
+        let e = m.validate("models/x").expect_err("no decoder").to_string();
+        assert!(e.contains("models/x") && e.contains("'decoder'"), "{e}");
+
+        let mut m = captioner();
+        m.kind = BundleKind::Filter;
+        m.graphs.insert("itm".into(), m.graphs["decoder"].clone());
+        let e = m.validate("f").expect_err("no enc").to_string();
+        assert!(e.contains("special_tokens.enc"), "{e}");
+
+        let mut m = captioner();
+        m.files.insert("vision.onnx".into(), "XYZ".into());
+        let e = m.validate("f").expect_err("bad hash").to_string();
+        assert!(e.contains("vision.onnx"), "{e}");
+
+        let e = BundleManifest::from_json("bundle.json", "{}")
+            .expect_err("empty")
+            .to_string();
+        assert!(e.contains("bundle.json"), "{e}");
+    }
+}

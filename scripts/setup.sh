@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything capfilt needs on a fresh Debian 12 machine, from the registries only:
+#   - Debian packages the build and scripts use (unzip, pkg-config, ...)
+#   - ONNX Runtime's CPU library, from the PyPI wheel (scripts/fetch-onnxruntime.sh)
+#   - the Python venv .venv with the test tools (scripts/requirements-dev.txt)
+# Idempotent: a second run checks and returns in a few seconds.
+#
+#   scripts/setup.sh            CPU set-up
+#   scripts/setup.sh --gpu      also the CUDA build of ONNX Runtime (about 2.4 GB)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+gpu=0
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# 1. Debian packages.
+need=()
+for pkg in unzip pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# 2. ONNX Runtime.
+scripts/fetch-onnxruntime.sh
+if [ "$gpu" = 1 ]; then scripts/fetch-onnxruntime.sh --gpu; fi
+
+# 3. Python venv for tests and fixtures.
+req=scripts/requirements-dev.txt
+stamp=.venv/.capfilt-dev-stamp
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  log "python venv .venv up to date"
+else
+  log "creating python venv .venv ($req)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+fi
+log "done"
