@@ -86,7 +86,7 @@ fn device_name(d: Option<&v1::Device>) -> String {
 /// The status as a table for a terminal.
 pub fn render(s: &v1::GetStatusResponse) -> String {
     use std::fmt::Write;
-    let shards = s.shards.clone().unwrap_or_default();
+    let shards = s.shards.unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -147,7 +147,7 @@ pub fn render(s: &v1::GetStatusResponse) -> String {
 
 /// The status as JSON (stable field names, for scripts).
 pub fn to_json(s: &v1::GetStatusResponse) -> String {
-    let shards = s.shards.clone().unwrap_or_default();
+    let shards = s.shards.unwrap_or_default();
     let workers: Vec<serde_json::Value> = s
         .workers
         .iter()

@@ -108,7 +108,7 @@ pub struct ShardRef {
 /// One output data file of a shard, relative to the round prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataFileRef {
-    /// e.g. `scored/part-<shard>-<attempt>.parquet`
+    /// e.g. `scored/part-{shard}-{attempt}.parquet`
     pub path: String,
     /// Rows in the file.
     pub rows: u64,

@@ -27,7 +27,7 @@ pub enum SynthError {
     )]
     OutputNotEmpty(PathBuf),
     /// Filesystem error, with the path involved.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}", .path.display())]
     Io {
         /// Path.
         path: PathBuf,
@@ -45,7 +45,7 @@ pub enum SynthError {
         message: String,
     },
     /// Parquet writing failed.
-    #[error("writing {path}: {source}")]
+    #[error("writing {}", .path.display())]
     Parquet {
         /// File.
         path: PathBuf,
