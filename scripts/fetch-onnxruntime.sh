@@ -58,7 +58,7 @@ fi
 rm -rf "$dest.tmp"
 mkdir -p "$dest.tmp/lib"
 ort_wheel=$(ls "$work"/wheels/onnxruntime*-"$ORT_VERSION"-*.whl)
-unzip -q -j -o "$ort_wheel" 'onnxruntime/capi/libonnxruntime*.so*' -d "$dest.tmp/lib"
+unzip -q -j -o "$ort_wheel" 'onnxruntime/capi/libonnxruntime*.so*' -x '*tensorrt*' -d "$dest.tmp/lib"
 ln -sf "libonnxruntime.so.$ORT_VERSION" "$dest.tmp/lib/libonnxruntime.so.1"
 ln -sf "libonnxruntime.so.1" "$dest.tmp/lib/libonnxruntime.so"
 
