@@ -2,7 +2,8 @@
 # Installs everything capfilt needs on a fresh Debian 12 machine, from the registries only:
 #   - Debian packages the build and scripts use (unzip, pkg-config, ...)
 #   - ONNX Runtime's CPU library, from the PyPI wheel (scripts/fetch-onnxruntime.sh)
-#   - the Python venv .venv with the test tools (scripts/requirements-dev.txt)
+#   - the Python venv .venv with the test tools (scripts/requirements-dev.txt) and the trainer
+#     (trainer/pyproject.toml: torch, transformers, onnx, onnxruntime, ...)
 # Idempotent: a second run checks and returns in a few seconds.
 #
 #   scripts/setup.sh            CPU set-up
@@ -41,16 +42,17 @@ fi
 scripts/fetch-onnxruntime.sh
 if [ "$gpu" = 1 ]; then scripts/fetch-onnxruntime.sh --gpu; fi
 
-# 3. Python venv for tests and fixtures.
+# 3. Python venv: test tools and the trainer (torch from PyPI is about 3 GB of CUDA wheels and
+#    takes about 2 minutes the first time; later runs only compare a stamp).
 req=scripts/requirements-dev.txt
-stamp=.venv/.capfilt-dev-stamp
-want=$(sha256sum "$req" | cut -d' ' -f1)
+stamp=.venv/.capfilt-stamp
+want=$(cat "$req" trainer/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   log "python venv .venv up to date"
 else
-  log "creating python venv .venv ($req)"
+  log "creating python venv .venv ($req, trainer/ with torch and transformers)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req" -e "trainer[test]"
   echo "$want" > "$stamp"
 fi
 log "done"

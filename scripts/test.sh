@@ -24,4 +24,4 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "pytest"
 cargo build -p capfilt --locked --quiet
-CAPFILT_BIN="$repo/target/debug/capfilt" .venv/bin/python -m pytest -q tests/python
+CAPFILT_BIN="$repo/target/debug/capfilt" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python trainer/tests

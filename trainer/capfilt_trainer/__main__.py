@@ -1,0 +1,77 @@
+"""``python -m capfilt_trainer {train,export,eval,golden}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m capfilt_trainer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a captioner or filter; writes a HF checkpoint folder")
+    t.add_argument("--kind", choices=["captioner", "filter"], required=True)
+    t.add_argument("--data", action="append", help="input Parquet file or prefix (local or s3://); repeatable")
+    t.add_argument("--round", action="append", help="a finished capfilt round's output URL: its cleaned pairs are added; repeatable")
+    t.add_argument("--out", required=True, help="checkpoint folder to write")
+    t.add_argument("--size", default="tiny", help="size preset: tiny or base (ignored with --init-from)")
+    t.add_argument("--init-from", help="start from this local HF checkpoint folder")
+    t.add_argument("--tokenizer", help="tokenizer.json to use (default: built from the training captions)")
+    t.add_argument("--vocab-size", type=int, default=1000, help="vocabulary size of a tokenizer built from the captions")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=50)
+
+    e = sub.add_parser("export", help="export a checkpoint folder as an ONNX bundle and verify it")
+    e.add_argument("--checkpoint", required=True, help="HF checkpoint folder made by train (or a user's own)")
+    e.add_argument("--kind", choices=["captioner", "filter"], required=True)
+    e.add_argument("--out", required=True, help="bundle folder to write")
+    e.add_argument("--name", help="bundle name (default: folder name)")
+    e.add_argument("--eval", dest="eval_data", help="held-out Parquet to evaluate on; figures go into bundle.json")
+    e.add_argument("--parent", help="parent bundle (URL or sha256) for provenance")
+    e.add_argument("--verify-images", help="Parquet with images for the export check (default: synthetic shapes)")
+
+    v = sub.add_parser("eval", help="evaluate a bundle on a held-out split; prints a table, records it in bundle.json")
+    v.add_argument("--bundle", required=True)
+    v.add_argument("--data", required=True, help="held-out Parquet with gt_caption / gt_match")
+    v.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    v.add_argument("--no-record", action="store_true", help="print only; leave bundle.json unchanged")
+
+    g = sub.add_parser("golden", help="write golden outputs (HF reference) for the Rust parity tests")
+    g.add_argument("--captioner", required=True)
+    g.add_argument("--filter", required=True)
+    g.add_argument("--data", required=True, help="Parquet to take benchmark images from")
+    g.add_argument("--out", required=True)
+    g.add_argument("--count", type=int, default=8)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from .train import train
+
+            train(args)
+        elif args.command == "export":
+            from .export import export
+
+            export(args)
+        elif args.command == "eval":
+            from .evaluate import evaluate_cli
+
+            evaluate_cli(args)
+        elif args.command == "golden":
+            from .golden import golden
+
+            golden(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

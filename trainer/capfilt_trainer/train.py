@@ -1,0 +1,127 @@
+"""Training loops for the captioner (LM loss) and the filter (ITC + ITM with hard negatives).
+
+Deterministic for a given seed and data on the same machine (single-process data pipeline,
+seeded torch and numpy generators). Output: a HF checkpoint folder (config.json,
+model.safetensors) with tokenizer.json and train.json (data, steps, losses, command)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import PROMPT
+from . import tokenizer as toks
+from .data import Example, progress, read_examples, read_round_cleaned
+from .models import build, captioner_loss, filter_losses, image_size
+from .preprocess import encode_texts, normalise, resized_uint8
+
+CAPTION_MAX_TOKENS = 40
+FILTER_MAX_TOKENS = 35
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_training_data(data: list[str], rounds: list[str]) -> list[Example]:
+    examples: list[Example] = []
+    for url in data:
+        got = read_examples(url)
+        progress(f"[train] {len(got)} pairs from {url}")
+        examples += got
+    for url in rounds:
+        got = read_round_cleaned(url)
+        progress(f"[train] {len(got)} kept pairs from round {url}")
+        examples += got
+    if not examples:
+        raise ValueError("no training pairs: give --data and/or --round with at least one row")
+    return examples
+
+
+def train(args) -> Path:
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    examples = load_training_data(args.data or [], args.round or [])
+
+    if args.init_from and (Path(args.init_from) / "tokenizer.json").exists():
+        tok = toks.load(Path(args.init_from) / "tokenizer.json")
+    elif args.tokenizer:
+        tok = toks.load(args.tokenizer)
+    else:
+        tok = toks.build((e.text for e in examples), vocab_size=args.vocab_size)
+    special = toks.special_ids(tok)
+    model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed)
+    dev = device()
+    model.to(dev).train()
+    size = image_size(model)
+
+    t0 = time.time()
+    images = np.stack([resized_uint8(e.image, size) for e in examples])
+    texts = [e.text for e in examples]
+    # Equal texts share an id: ITC counts them as positives of each other.
+    text_index = {t: i for i, t in enumerate(sorted(set(texts)))}
+    text_ids_all = np.array([text_index[t] for t in texts])
+    progress(f"[train] {args.kind}: {len(examples)} pairs, images {size}px preprocessed in {time.time() - t0:.1f}s, device {dev}")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    prompt_len = len(tok.encode(PROMPT).ids) - 1  # [DEC] + prompt tokens
+    order = rng.permutation(len(examples))
+    pos = 0
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        if pos + args.batch_size > len(order):
+            order, pos = rng.permutation(len(examples)), 0
+        idx = order[pos : pos + args.batch_size]
+        pos += args.batch_size
+        pixels = normalise(images[idx]).to(dev)
+        batch_texts = [texts[i] for i in idx]
+        if args.kind == "captioner":
+            ids, mask = encode_texts(tok, batch_texts, special["[DEC]"], CAPTION_MAX_TOKENS, prompt=PROMPT)
+            loss = captioner_loss(model, pixels, ids.to(dev), mask.to(dev), prompt_len)
+        else:
+            ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
+            itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"])
+            loss = itc + itm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % args.log_every == 0 or step == args.steps:
+            recent = float(np.mean(losses[-args.log_every :]))
+            rate = step / (time.time() - t0)
+            progress(f"[train] {args.kind} step {step}/{args.steps} loss {recent:.4f} ({rate:.1f} steps/s)")
+
+    model.eval()
+    model.save_pretrained(str(out))
+    tok.save(str(out / "tokenizer.json"))
+    record = {
+        "kind": args.kind,
+        "size": args.size,
+        "init_from": args.init_from,
+        "data": args.data or [],
+        "rounds": args.round or [],
+        "pairs": len(examples),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "final_loss": float(np.mean(losses[-args.log_every :])),
+        "seconds": round(time.time() - t0, 1),
+        "command": "python -m capfilt_trainer " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
+    progress(f"[train] wrote checkpoint {out}")
+    return out
