@@ -179,7 +179,9 @@ impl Scene {
         // Web photos are mostly between 1:2 and 2:1; squashed further, a 96 px model input
         // would leave a shape only a patch wide.
         let width = rng.random_range(min_side..=max_side);
-        let ratio = rng.random_range(-std::f32::consts::LN_2..=std::f32::consts::LN_2).exp();
+        let ratio = rng
+            .random_range(-std::f32::consts::LN_2..=std::f32::consts::LN_2)
+            .exp();
         let height = ((width as f32 * ratio).round() as u32).clamp(min_side, max_side);
         let background = *Colour::ALL.choose(rng).unwrap_or(&Colour::Gray);
         let two = rng.random_bool(0.35);

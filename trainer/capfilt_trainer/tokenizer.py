@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections import Counter
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from . import PROMPT, SPECIAL_TOKENS
 
 
 def build(captions: Iterable[str], vocab_size: int = 1000) -> Tokenizer:
-    """Trains a lower-casing WordPiece tokenizer on ``captions`` (and the prompt)."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A lower-casing WordPiece tokenizer for ``captions`` (and the prompt): every character, as a
+    word start and as a ``##`` continuation (so no word is ever unknown), then whole words by
+    frequency (ties by spelling) up to ``vocab_size``. Deterministic: the same captions always
+    give the same ``tokenizer.json`` (the tokenizers library's trainer breaks ties by hash order)."""
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in _with_prompt(captions):
+        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[word] += 1
+    chars = sorted({ch for word in counts for ch in word})
+    tokens = list(SPECIAL_TOKENS) + chars + ["##" + ch for ch in chars]
+    known = set(tokens)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in known]
+    tokens += words[: max(0, vocab_size - len(tokens))]
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    tok.train_from_iterator(_with_prompt(captions), trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
     finish(tok)
     return tok
 

@@ -55,6 +55,7 @@ def test_training_is_deterministic(bench, tmp_path):
     for name in ["a", "b"]:
         r = run_trainer("train", "--kind", "captioner", "--data", str(bench / "seed"), "--out", str(tmp_path / name), "--steps", "3", "--batch-size", "8", "--seed", "5")
         assert r.returncode == 0, r.stderr
+    assert sha(tmp_path / "a" / "tokenizer.json") == sha(tmp_path / "b" / "tokenizer.json")
     assert sha(tmp_path / "a" / "model.safetensors") == sha(tmp_path / "b" / "model.safetensors")
 
 
