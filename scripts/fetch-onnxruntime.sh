@@ -58,7 +58,10 @@ fi
 rm -rf "$dest.tmp"
 mkdir -p "$dest.tmp/lib"
 ort_wheel=$(ls "$work"/wheels/onnxruntime*-"$ORT_VERSION"-*.whl)
-unzip -q -j -o "$ort_wheel" 'onnxruntime/capi/libonnxruntime*.so*' -x '*tensorrt*' -d "$dest.tmp/lib"
+exclude=()
+# The GPU wheel also carries the TensorRT provider, which capfilt does not use.
+[ "$variant" = gpu ] && exclude=(-x '*tensorrt*')
+unzip -q -j -o "$ort_wheel" 'onnxruntime/capi/libonnxruntime*.so*' "${exclude[@]}" -d "$dest.tmp/lib"
 ln -sf "libonnxruntime.so.$ORT_VERSION" "$dest.tmp/lib/libonnxruntime.so.1"
 ln -sf "libonnxruntime.so.1" "$dest.tmp/lib/libonnxruntime.so"
 
