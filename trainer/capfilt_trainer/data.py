@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -136,7 +135,3 @@ def decode_rgb(data: bytes) -> Image.Image:
 
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def as_array(images: list[np.ndarray]) -> np.ndarray:
-    return np.stack(images).astype(np.float32)
