@@ -127,9 +127,15 @@ def read_round_cleaned(round_url: str, image_column: str = "jpg") -> list[Exampl
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    """PIL decode + convert("RGB"), the reference the Rust preprocessing matches."""
+    """PIL decode, first frame, then RGB as HF's BlipImageProcessor makes it (transformers'
+    ``convert_to_rgb``: an image with alpha is composited onto white); the Rust preprocessing
+    matches this."""
     with Image.open(io.BytesIO(data)) as im:
         im.seek(0)
+        if "A" in im.getbands() or im.info.get("transparency") is not None:
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
         return im.convert("RGB")
 
 

@@ -1,7 +1,26 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bundle;
+pub mod captioner;
 pub mod device;
+pub mod engine;
+pub mod engine_error;
+pub mod filter;
+pub mod infer;
+pub mod input;
+pub mod output;
+pub mod preprocess;
 pub mod runtime;
+pub mod sampling;
+pub mod store;
+pub mod text;
 
+pub use bundle::{Bundle, BundleError};
+pub use captioner::{Caption, Captioner, SeedBase};
 pub use device::Device;
+pub use engine::{Engine, Judged, PreparedImage, StepParams};
+pub use engine_error::EngineError;
+pub use filter::{Filter, PairScore};
+pub use infer::{InferConfig, InferError, InferSummary, ReadOptions, process_parquet, run_infer};
 pub use runtime::{ORT_VERSION, Optimization, OrtConfig, OrtError, OrtRuntime, SessionOptions};
+pub use sampling::{Decoding, GenerationParams};

@@ -1,0 +1,603 @@
+//! The captioner: a BLIP image-grounded text decoder run as two ONNX graphs. `vision` maps
+//! pixels to image embeddings and every decoder layer's cross-attention keys and values, once
+//! per image; `decoder` runs one step with a self-attention KV cache. Generation is batched:
+//! each row is one (image, candidate) sequence with its own RNG, the KV cache is carried from
+//! step to step, and rows that finish leave the batch (their cache rows are dropped) so no step
+//! is spent on them.
+
+use std::collections::HashMap;
+
+use ndarray::{Array2, Array4, ArrayD, ArrayView4, Axis, IxDyn};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorRef};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::bundle::Bundle;
+use crate::engine_error::EngineError;
+use crate::runtime::{OrtRuntime, SessionOptions};
+use crate::sampling::{self, Decoding, GenerationParams};
+use crate::text::BlipTokenizer;
+use capfilt_schemas::bundle::{BundleKind, Preprocessing};
+
+/// One synthetic caption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    /// The caption, prompt and special tokens removed.
+    pub text: String,
+    /// Generated token ids, `[DEC]` and prompt included, `[SEP]` included when it ended.
+    pub ids: Vec<u32>,
+    /// Candidate index within its image.
+    pub candidate: u32,
+    /// Sampling seed (nucleus sampling only).
+    pub seed: Option<u64>,
+    /// Sum of token log-probabilities (beam search) divided by length^length_penalty.
+    pub score: Option<f32>,
+}
+
+/// What a caption request needs per image: its key (for the seeds) and the round.
+#[derive(Debug, Clone, Copy)]
+pub struct SeedBase<'a> {
+    /// Input row key.
+    pub key: &'a str,
+    /// Bootstrap round.
+    pub round: u32,
+}
+
+/// A loaded captioner bundle.
+pub struct Captioner {
+    vision: Session,
+    decoder: Session,
+    tokenizer: BlipTokenizer,
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    layers: usize,
+    sep: u32,
+    defaults: GenerationParams,
+    preprocessing: Preprocessing,
+    /// Decoder steps run (one per batched forward pass), for throughput figures and tests.
+    pub steps_run: u64,
+    /// Rows processed over all decoder steps.
+    pub rows_stepped: u64,
+}
+
+impl std::fmt::Debug for Captioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captioner")
+            .field("layers", &self.layers)
+            .field("prompt", &self.prompt)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kv_names(prefix: &str, layers: usize) -> Vec<String> {
+    (0..layers)
+        .flat_map(|l| [format!("{prefix}_k_{l}"), format!("{prefix}_v_{l}")])
+        .collect()
+}
+
+pub(crate) fn check_io(
+    session: &Session,
+    graph: &str,
+    inputs: &[String],
+    outputs: &[String],
+) -> Result<(), EngineError> {
+    let have_in: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    let have_out: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for want in inputs {
+        if !have_in.contains(&want.as_str()) {
+            return Err(EngineError::Graph(format!(
+                "{graph}: no input '{want}' (has {have_in:?})"
+            )));
+        }
+    }
+    for want in outputs {
+        if !have_out.contains(&want.as_str()) {
+            return Err(EngineError::Graph(format!(
+                "{graph}: no output '{want}' (has {have_out:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn load_graph(
+    rt: &OrtRuntime,
+    bundle: &Bundle,
+    name: &str,
+    options: &SessionOptions,
+) -> Result<Session, EngineError> {
+    let path = bundle.graph_path(name).ok_or_else(|| {
+        EngineError::Graph(format!("bundle {} has no '{name}' graph", bundle.source))
+    })?;
+    Ok(rt.session(&path, options)?)
+}
+
+/// A sequence being sampled (greedy or nucleus).
+struct Row {
+    image: usize,
+    candidate: u32,
+    seed: Option<u64>,
+    rng: ChaCha8Rng,
+    ids: Vec<u32>,
+}
+
+/// One live beam.
+#[derive(Clone)]
+struct Beam {
+    ids: Vec<u32>,
+    logprob: f32,
+}
+
+struct BeamImage {
+    image: usize,
+    beams: Vec<Beam>,
+    finished: Vec<(f32, Vec<u32>)>,
+    done: bool,
+}
+
+impl Captioner {
+    /// Loads the captioner graphs and tokenizer of a verified `bundle`.
+    pub fn load(
+        rt: &OrtRuntime,
+        bundle: &Bundle,
+        options: &SessionOptions,
+    ) -> Result<Self, EngineError> {
+        bundle.expect_kind(BundleKind::Captioner)?;
+        let m = &bundle.manifest;
+        let layers = m.architecture.text_layers as usize;
+        let vision = load_graph(rt, bundle, "vision", options)?;
+        let decoder = load_graph(rt, bundle, "decoder", options)?;
+        let mut vision_out = vec!["image_embeds".to_string()];
+        vision_out.extend(kv_names("cross", layers));
+        check_io(&vision, "vision", &["pixel_values".into()], &vision_out)?;
+        let mut dec_in: Vec<String> = ["input_ids", "position_ids", "attention_mask"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        dec_in.extend(kv_names("past", layers));
+        dec_in.extend(kv_names("cross", layers));
+        let mut dec_out = vec!["logits".to_string()];
+        dec_out.extend(kv_names("present", layers));
+        check_io(&decoder, "decoder", &dec_in, &dec_out)?;
+        let tokenizer = bundle.tokenizer()?;
+        let sp = &m.tokenizer.special_tokens;
+        let dec = sp
+            .dec
+            .as_ref()
+            .ok_or_else(|| EngineError::Graph("captioner bundle without [DEC]".into()))?
+            .id;
+        let prompt = m.prompt.clone().unwrap_or_default();
+        let prompt_ids = tokenizer.prompt_ids(&prompt, dec)?;
+        let defaults = m
+            .generation
+            .as_ref()
+            .map(GenerationParams::from_bundle)
+            .unwrap_or_default();
+        Ok(Self {
+            vision,
+            decoder,
+            tokenizer,
+            prompt,
+            prompt_ids,
+            layers,
+            sep: sp.sep.id,
+            defaults,
+            preprocessing: m.preprocessing.clone(),
+            steps_run: 0,
+            rows_stepped: 0,
+        })
+    }
+
+    /// The bundle's generation defaults.
+    pub fn defaults(&self) -> &GenerationParams {
+        &self.defaults
+    }
+
+    /// How images must be preprocessed for this captioner.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.preprocessing
+    }
+
+    /// `[DEC]` + prompt ids that every caption starts from.
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// Runs the vision graph: each layer's cross-attention K and V, `[B, heads, patches, d]`.
+    fn cross_kv(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        let mut outputs = self
+            .vision
+            .run(ort::inputs!["pixel_values" => TensorRef::from_array_view(pixels)?])?;
+        let mut out = Vec::with_capacity(2 * self.layers);
+        for name in kv_names("cross", self.layers) {
+            let value = outputs
+                .remove(name.as_str())
+                .ok_or_else(|| EngineError::Graph(format!("vision: no output {name}")))?;
+            out.push(value.try_extract_array::<f32>()?.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Generates captions for a batch of preprocessed images (`[B, 3, S, S]`), one list per
+    /// image with `params.captions_per_image()` captions (fewer only if beam search finds fewer
+    /// distinct hypotheses).
+    pub fn generate(
+        &mut self,
+        pixels: ArrayView4<'_, f32>,
+        seeds: &[SeedBase<'_>],
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<Caption>>, EngineError> {
+        params.validate().map_err(EngineError::Params)?;
+        let batch = pixels.shape()[0];
+        if seeds.len() != batch {
+            return Err(EngineError::Params(format!(
+                "{} seed bases for {batch} images",
+                seeds.len()
+            )));
+        }
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
+        let cross = self.cross_kv(pixels)?;
+        match params.decoding {
+            Decoding::Greedy | Decoding::Nucleus => self.sample_loop(&cross, seeds, params),
+            Decoding::Beam => self.beam_loop(&cross, batch, params),
+        }
+    }
+
+    /// Rows `rows` of every cross K/V array, as decoder inputs.
+    fn select_values(arrays: &[ArrayD<f32>], rows: &[usize]) -> Result<Vec<DynValue>, EngineError> {
+        arrays
+            .iter()
+            .map(|a| Ok(Tensor::from_array(a.select(Axis(0), rows))?.into_dyn()))
+            .collect()
+    }
+
+    fn select_dyn(values: &[DynValue], rows: &[usize]) -> Result<Vec<DynValue>, EngineError> {
+        values
+            .iter()
+            .map(|v| {
+                let a = v.try_extract_array::<f32>()?;
+                Ok(Tensor::from_array(a.select(Axis(0), rows))?.into_dyn())
+            })
+            .collect()
+    }
+
+    fn empty_past(&self, rows: usize, cross: &[ArrayD<f32>]) -> Result<Vec<DynValue>, EngineError> {
+        let shape = cross
+            .first()
+            .map(|a| a.shape().to_vec())
+            .ok_or_else(|| EngineError::Graph("vision returned no cross K/V".into()))?;
+        let (heads, d) = (shape[1], shape[3]);
+        (0..2 * self.layers)
+            .map(|_| {
+                Ok(
+                    Tensor::from_array(ArrayD::<f32>::zeros(IxDyn(&[rows, heads, 0, d])))?
+                        .into_dyn(),
+                )
+            })
+            .collect()
+    }
+
+    /// One decoder step for `input_ids` `[R, T]` after `past_len` cached positions; returns
+    /// the last position's logits `[R, V]` and the new cache.
+    fn step(
+        &mut self,
+        input_ids: Array2<i64>,
+        past_len: usize,
+        past: &[DynValue],
+        cross: &[DynValue],
+    ) -> Result<(Array2<f32>, Vec<DynValue>), EngineError> {
+        let (rows, t) = input_ids.dim();
+        let position_ids = Array2::from_shape_fn((rows, t), |(_, j)| (past_len + j) as i64);
+        let mask = Array2::<i64>::ones((rows, past_len + t));
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array(input_ids)?.into_dyn().into(),
+            ),
+            (
+                "position_ids".into(),
+                Tensor::from_array(position_ids)?.into_dyn().into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(mask)?.into_dyn().into(),
+            ),
+        ];
+        for (name, v) in kv_names("past", self.layers).into_iter().zip(past) {
+            inputs.push((name, v.into()));
+        }
+        for (name, v) in kv_names("cross", self.layers).into_iter().zip(cross) {
+            inputs.push((name, v.into()));
+        }
+        let mut outputs = self.decoder.run(inputs)?;
+        let logits = outputs
+            .remove("logits")
+            .ok_or_else(|| EngineError::Graph("decoder: no logits".into()))?;
+        let logits = logits
+            .try_extract_array::<f32>()?
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|e| EngineError::Graph(format!("decoder logits: {e}")))?
+            .to_owned();
+        let mut present = Vec::with_capacity(2 * self.layers);
+        for name in kv_names("present", self.layers) {
+            present.push(
+                outputs
+                    .remove(name.as_str())
+                    .ok_or_else(|| EngineError::Graph(format!("decoder: no {name}")))?,
+            );
+        }
+        self.steps_run += 1;
+        self.rows_stepped += rows as u64;
+        Ok((logits, present))
+    }
+
+    fn sample_loop(
+        &mut self,
+        cross: &[ArrayD<f32>],
+        seeds: &[SeedBase<'_>],
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<Caption>>, EngineError> {
+        let per_image = params.captions_per_image();
+        let greedy = params.decoding == Decoding::Greedy;
+        let mut rows: Vec<Row> = Vec::with_capacity(seeds.len() * per_image);
+        for (image, base) in seeds.iter().enumerate() {
+            for c in 0..per_image as u32 {
+                let seed = (!greedy).then(|| sampling::sample_seed(base.key, base.round, c));
+                rows.push(Row {
+                    image,
+                    candidate: c,
+                    seed,
+                    rng: ChaCha8Rng::seed_from_u64(seed.unwrap_or(0)),
+                    ids: self.prompt_ids.clone(),
+                });
+            }
+        }
+        let mut finished: Vec<Option<Vec<u32>>> = vec![None; rows.len()];
+        let mut active: Vec<usize> = (0..rows.len()).collect();
+        let image_rows: Vec<usize> = rows.iter().map(|r| r.image).collect();
+        let mut cross_v = Self::select_values(cross, &image_rows)?;
+        let mut past = self.empty_past(rows.len(), cross)?;
+        let mut past_len = 0usize;
+        let mut feed: Array2<i64> =
+            Array2::from_shape_fn((rows.len(), self.prompt_ids.len()), |(_, j)| {
+                i64::from(self.prompt_ids[j])
+            });
+        // A prompt as long as max_length generates nothing.
+        if self.prompt_ids.len() >= params.max_length {
+            active.clear();
+        }
+        while !active.is_empty() {
+            let t = feed.dim().1;
+            let (mut logits, present) = self.step(feed, past_len, &past, &cross_v)?;
+            past_len += t;
+            let mut next = Vec::with_capacity(active.len());
+            let mut keep = Vec::with_capacity(active.len());
+            for (i, &r) in active.iter().enumerate() {
+                let row = &mut rows[r];
+                let mut scores = logits.row_mut(i);
+                let scores = scores
+                    .as_slice_mut()
+                    .ok_or_else(|| EngineError::Graph("non-contiguous logits".into()))?;
+                sampling::apply_repetition_penalty(scores, &row.ids, params.repetition_penalty);
+                sampling::apply_min_length(scores, row.ids.len(), params.min_length, self.sep);
+                let token = if greedy {
+                    sampling::argmax(scores)
+                } else {
+                    sampling::sample(scores, params.temperature, params.top_p, &mut row.rng)
+                };
+                row.ids.push(token);
+                if token == self.sep || row.ids.len() >= params.max_length {
+                    finished[r] = Some(row.ids.clone());
+                } else {
+                    keep.push(i);
+                    next.push(i64::from(token));
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() == active.len() {
+                past = present;
+            } else {
+                past = Self::select_dyn(&present, &keep)?;
+                let cross_rows: Vec<usize> = keep.iter().map(|&i| image_rows[active[i]]).collect();
+                cross_v = Self::select_values(cross, &cross_rows)?;
+            }
+            active = keep.iter().map(|&i| active[i]).collect();
+            feed = Array2::from_shape_vec((next.len(), 1), next)
+                .map_err(|e| EngineError::Graph(e.to_string()))?;
+        }
+        let mut out: Vec<Vec<Caption>> = vec![Vec::with_capacity(per_image); seeds.len()];
+        for (r, row) in rows.into_iter().enumerate() {
+            let ids = finished[r].take().unwrap_or(row.ids);
+            out[row.image].push(Caption {
+                text: self.tokenizer.decode_caption(&ids, &self.prompt)?,
+                ids,
+                candidate: row.candidate,
+                seed: row.seed,
+                score: None,
+            });
+        }
+        Ok(out)
+    }
+
+    fn beam_loop(
+        &mut self,
+        cross: &[ArrayD<f32>],
+        batch: usize,
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<Caption>>, EngineError> {
+        let nb = params.num_beams;
+        let prompt_len = self.prompt_ids.len();
+        let lp = params.length_penalty;
+        let norm = |logprob: f32, len: usize| {
+            logprob / ((len.saturating_sub(prompt_len)).max(1) as f32).powf(lp)
+        };
+        let mut images: Vec<BeamImage> = (0..batch)
+            .map(|image| BeamImage {
+                image,
+                beams: vec![Beam {
+                    ids: self.prompt_ids.clone(),
+                    logprob: 0.0,
+                }],
+                finished: Vec::new(),
+                done: prompt_len >= params.max_length,
+            })
+            .collect();
+        // Row r of the batch = (image, beam) in this order.
+        let mut layout: Vec<(usize, usize)> = (0..batch).map(|i| (i, 0)).collect();
+        let mut cross_v = Self::select_values(cross, &(0..batch).collect::<Vec<_>>())?;
+        let mut past = self.empty_past(batch, cross)?;
+        let mut past_len = 0;
+        let mut feed =
+            Array2::from_shape_fn((batch, prompt_len), |(_, j)| i64::from(self.prompt_ids[j]));
+        if images.iter().all(|b| b.done) {
+            layout.clear();
+        }
+        while !layout.is_empty() {
+            let t = feed.dim().1;
+            let (mut logits, present) = self.step(feed, past_len, &past, &cross_v)?;
+            past_len += t;
+            let cur_len = past_len + 1;
+            // Candidates per image: (score, parent row, token).
+            let mut by_image: HashMap<usize, Vec<(f32, usize, u32)>> = HashMap::new();
+            for (r, &(img, b)) in layout.iter().enumerate() {
+                let beam = &images[img].beams[b];
+                let mut scores = logits.row_mut(r);
+                let scores = scores
+                    .as_slice_mut()
+                    .ok_or_else(|| EngineError::Graph("non-contiguous logits".into()))?;
+                sampling::log_softmax(scores);
+                sampling::apply_repetition_penalty(scores, &beam.ids, params.repetition_penalty);
+                sampling::apply_min_length(scores, beam.ids.len(), params.min_length, self.sep);
+                let mut top: Vec<(f32, u32)> = scores
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.is_finite())
+                    .map(|(i, &s)| (s + beam.logprob, i as u32))
+                    .collect();
+                let k = (2 * nb).min(top.len());
+                if k == 0 {
+                    continue;
+                }
+                top.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+                top.truncate(k);
+                let entry = by_image.entry(img).or_default();
+                entry.extend(top.into_iter().map(|(s, tok)| (s, r, tok)));
+            }
+            let mut new_layout = Vec::new();
+            let mut parents = Vec::new();
+            let mut next_tokens = Vec::new();
+            for (img, state) in images.iter_mut().enumerate() {
+                if state.done {
+                    continue;
+                }
+                let mut cands = by_image.remove(&img).unwrap_or_default();
+                cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+                cands.truncate(2 * nb);
+                let mut beams = Vec::with_capacity(nb);
+                for (rank, (score, parent, token)) in cands.into_iter().enumerate() {
+                    let (_, pb) = layout[parent];
+                    let mut ids = state.beams[pb].ids.clone();
+                    ids.push(token);
+                    if token == self.sep {
+                        // As HF: an end token only counts when ranked among the first num_beams.
+                        if rank < nb {
+                            state.finished.push((norm(score, ids.len()), ids));
+                        }
+                        continue;
+                    }
+                    beams.push((
+                        Beam {
+                            ids,
+                            logprob: score,
+                        },
+                        parent,
+                    ));
+                    if beams.len() == nb {
+                        break;
+                    }
+                }
+                state.finished.sort_by(|a, b| b.0.total_cmp(&a.0));
+                state.finished.truncate(nb);
+                let best_live = beams.first().map(|(b, _)| b.logprob);
+                let saturated = state.finished.len() >= nb
+                    && best_live.is_none_or(|lp_best| {
+                        let worst = state.finished.last().map_or(f32::NEG_INFINITY, |f| f.0);
+                        norm(lp_best, cur_len) <= worst
+                    });
+                if cur_len >= params.max_length || beams.is_empty() || saturated {
+                    if !saturated {
+                        for (b, _) in &beams {
+                            state
+                                .finished
+                                .push((norm(b.logprob, b.ids.len()), b.ids.clone()));
+                        }
+                        state.finished.sort_by(|a, b| b.0.total_cmp(&a.0));
+                        state.finished.truncate(nb);
+                    }
+                    state.done = true;
+                    continue;
+                }
+                state.beams = Vec::with_capacity(beams.len());
+                for (b, (beam, parent)) in beams.into_iter().enumerate() {
+                    next_tokens.push(i64::from(*beam.ids.last().unwrap_or(&self.sep)));
+                    state.beams.push(beam);
+                    new_layout.push((img, b));
+                    parents.push(parent);
+                }
+            }
+            if new_layout.is_empty() {
+                break;
+            }
+            past = Self::select_dyn(&present, &parents)?;
+            let cross_rows: Vec<usize> = new_layout
+                .iter()
+                .map(|&(img, _)| images[img].image)
+                .collect();
+            cross_v = Self::select_values(cross, &cross_rows)?;
+            layout = new_layout;
+            feed = Array2::from_shape_vec((next_tokens.len(), 1), next_tokens)
+                .map_err(|e| EngineError::Graph(e.to_string()))?;
+        }
+        let mut out = Vec::with_capacity(batch);
+        for state in images {
+            let mut caps = Vec::new();
+            for (c, (score, ids)) in state
+                .finished
+                .into_iter()
+                .take(params.candidates)
+                .enumerate()
+            {
+                caps.push(Caption {
+                    text: self.tokenizer.decode_caption(&ids, &self.prompt)?,
+                    ids,
+                    candidate: c as u32,
+                    seed: None,
+                    score: Some(score),
+                });
+            }
+            out.push(caps);
+        }
+        Ok(out)
+    }
+}
+
+/// Stacks per-image `[3, S, S]` pixel buffers into `[B, 3, S, S]`.
+pub fn stack_pixels(images: &[&[f32]], size: usize) -> Result<Array4<f32>, EngineError> {
+    let mut data = Vec::with_capacity(images.len() * 3 * size * size);
+    for img in images {
+        if img.len() != 3 * size * size {
+            return Err(EngineError::Params(format!(
+                "pixel buffer of {} values, expected 3x{size}x{size}",
+                img.len()
+            )));
+        }
+        data.extend_from_slice(img);
+    }
+    Array4::from_shape_vec((images.len(), 3, size, size), data)
+        .map_err(|e| EngineError::Params(e.to_string()))
+}

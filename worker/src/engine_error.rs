@@ -1,0 +1,28 @@
+//! Errors of the inference engine.
+
+use crate::bundle::BundleError;
+use crate::runtime::OrtError;
+use crate::text::TextError;
+
+/// Why inference could not run (a bad image is not an error: it is a reject).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// ONNX Runtime could not be loaded or a session not built.
+    #[error(transparent)]
+    Runtime(#[from] OrtError),
+    /// A session run or tensor conversion failed.
+    #[error("onnx runtime: {0}")]
+    Ort(#[from] ort::Error),
+    /// A graph does not have the inputs or outputs the bundle format promises.
+    #[error("model graph: {0}")]
+    Graph(String),
+    /// Parameters or inputs that cannot be used.
+    #[error("{0}")]
+    Params(String),
+    /// The bundle cannot be used.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// Tokenizer failure.
+    #[error(transparent)]
+    Text(#[from] TextError),
+}
