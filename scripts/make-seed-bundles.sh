@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the committed seed bundles models/shapes-seed/{captioner,filter} from scratch:
-# the synthetic benchmark's seed split only (the same benchmark scripts/demo.sh writes), the tiny
-# size preset, fixed seeds. About 6 minutes on 2 CPU cores.
+# the synthetic benchmark's seed split only (the same benchmark scripts/demo.sh writes), the small
+# size preset, fixed seeds. About 10 minutes on 2 idle CPU cores.
 #
 #   scripts/make-seed-bundles.sh [WORK_DIR]    (default: target/seed-bundles)
 set -euo pipefail
@@ -12,12 +12,12 @@ py=.venv/bin/python
 export PYTHONPATH="$repo/trainer${PYTHONPATH:+:$PYTHONPATH}"
 
 cargo build --locked -q -p capfilt
-target/debug/capfilt synth --out "$work/bench" --seed-rows 2000 --web-rows 10000 --eval-rows 500 --noise 0.4 --seed 0
+target/debug/capfilt synth --out "$work/bench" --seed-rows 4000 --web-rows 10000 --eval-rows 500 --noise 0.4 --seed 0
 
 $py -m capfilt_trainer train --kind captioner --data "$work/bench/seed" --out "$work/ckpt/captioner" \
-  --size tiny --steps 1500 --batch-size 64 --lr 1e-3 --seed 0
+  --size small --steps 3000 --batch-size 64 --lr 2e-3 --seed 0
 $py -m capfilt_trainer train --kind filter --data "$work/bench/seed" --out "$work/ckpt/filter" \
-  --size tiny --steps 1000 --batch-size 64 --lr 1e-3 --seed 0
+  --size small --steps 3000 --batch-size 64 --lr 1e-3 --seed 0
 
 mkdir -p models/shapes-seed
 $py -m capfilt_trainer export --checkpoint "$work/ckpt/captioner" --kind captioner \

@@ -4,6 +4,7 @@
 
 mod doctor;
 mod exit;
+mod infer;
 mod logging;
 mod serve;
 mod status;
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Write the synthetic CapFilt benchmark (seed, web and eval splits) as img2dataset-style Parquet.
     Synth(synth::SynthArgs),
+    /// Run the CapFilt step (caption + filter) on one Parquet file on this machine, no coordinator.
+    Infer(infer::InferArgs),
     /// Run a coordinator: the gRPC server workers register with and poll for shards.
     Coordinator(serve::CoordinatorArgs),
     /// Show a coordinator's shards by state, workers and throughput.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, &cli.log_format);
     let result = match cli.command {
         Command::Synth(args) => synth::run(args),
+        Command::Infer(args) => infer::run(args),
         Command::Coordinator(args) => serve::run(args),
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),

@@ -14,7 +14,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", action="append", help="input Parquet file or prefix (local or s3://); repeatable")
     t.add_argument("--round", action="append", help="a finished capfilt round's output URL: its cleaned pairs are added; repeatable")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
-    t.add_argument("--size", default="tiny", help="size preset: tiny or base (ignored with --init-from)")
+    t.add_argument("--size", default="tiny", help="size preset: tiny, small or base (ignored with --init-from)")
     t.add_argument("--init-from", help="start from this local HF checkpoint folder")
     t.add_argument("--tokenizer", help="tokenizer.json to use (default: built from the training captions)")
     t.add_argument("--vocab-size", type=int, default=1000, help="vocabulary size of a tokenizer built from the captions")
@@ -23,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--text-augment", type=float, default=None,
+                   help="share of training texts rewritten into web alt-text forms (default: 0.5 for filter, 0 for captioner)")
 
     e = sub.add_parser("export", help="export a checkpoint folder as an ONNX bundle and verify it")
     e.add_argument("--checkpoint", required=True, help="HF checkpoint folder made by train (or a user's own)")

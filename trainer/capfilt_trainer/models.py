@@ -30,6 +30,9 @@ class Preset:
 PRESETS = {
     # Seconds to minutes on 2 CPU cores: the seed bundles, the demo and the tests.
     "tiny": Preset(96, 8, 64, 2, 2, 64, 2, 2, 64, None),
+    # The seed bundles: tiny's widths with 16 px patches (36 image tokens instead of 144: four
+    # times less cross-attention work per decoding step, and no worse on the benchmark).
+    "small": Preset(96, 16, 64, 2, 2, 64, 2, 2, 64, None),
     # BLIP-base shape (ViT-B/16 at 384, BERT-base text, BLIP's 30524-token vocabulary): random
     # weights, for performance work.
     "base": Preset(384, 16, 768, 12, 12, 768, 12, 12, 512, 30524),

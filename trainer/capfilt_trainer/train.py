@@ -17,6 +17,7 @@ import torch
 
 from . import PROMPT
 from . import tokenizer as toks
+from .augment import augment, vocabulary_extra
 from .data import Example, progress, read_examples, read_round_cleaned
 from .models import build, captioner_loss, filter_losses, image_size
 from .preprocess import encode_texts, normalise, resized_uint8
@@ -57,7 +58,8 @@ def train(args) -> Path:
     elif args.tokenizer:
         tok = toks.load(args.tokenizer)
     else:
-        tok = toks.build((e.text for e in examples), vocab_size=args.vocab_size)
+        extra = vocabulary_extra() if args.kind == "filter" else []
+        tok = toks.build([e.text for e in examples] + extra, vocab_size=args.vocab_size)
     special = toks.special_ids(tok)
     model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed)
     dev = device()
@@ -72,6 +74,8 @@ def train(args) -> Path:
     text_ids_all = np.array([text_index[t] for t in texts])
     progress(f"[train] {args.kind}: {len(examples)} pairs, images {size}px preprocessed in {time.time() - t0:.1f}s, device {dev}")
 
+    # Alt-text augmentation of filter texts (see augment.py); the captioner learns clean captions.
+    text_augment = args.text_augment if args.text_augment is not None else (0.5 if args.kind == "filter" else 0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     prompt_len = len(tok.encode(PROMPT).ids) - 1  # [DEC] + prompt tokens
@@ -90,6 +94,7 @@ def train(args) -> Path:
             ids, mask = encode_texts(tok, batch_texts, special["[DEC]"], CAPTION_MAX_TOKENS, prompt=PROMPT)
             loss = captioner_loss(model, pixels, ids.to(dev), mask.to(dev), prompt_len)
         else:
+            batch_texts = augment(batch_texts, text_augment, rng)
             ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
             itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"])
             loss = itc + itm
@@ -118,6 +123,7 @@ def train(args) -> Path:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
+        "text_augment": text_augment,
         "final_loss": float(np.mean(losses[-args.log_every :])),
         "seconds": round(time.time() - t0, 1),
         "command": "python -m capfilt_trainer " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -120,6 +120,16 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
             ),
         ));
     };
+    if format == image::ImageFormat::Jpeg && !has_jpeg_end(bytes) {
+        // zune-jpeg fills a truncated scan with grey; Pillow (and so the reference) refuses it.
+        return Err(Rejected::new(
+            RejectReason::DecodeError,
+            format!(
+                "truncated JPEG: no end-of-image marker in {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
@@ -147,6 +157,13 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     decoder.set_limits(alloc).map_err(decode_err)?;
     let image = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     Ok(to_rgb(image))
+}
+
+/// Whether a JPEG stream has its end-of-image marker (FF D9) near its end (trailing bytes after
+/// it are tolerated, as Pillow does).
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xff, 0xd9])
 }
 
 /// RGB8 the way HF's `BlipImageProcessor` makes it (`convert_to_rgb`): an image with an alpha
