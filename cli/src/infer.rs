@@ -14,6 +14,7 @@ use capfilt_worker::{
 };
 use clap::Args;
 
+use crate::config::FileConfig;
 use crate::exit::{CliError, CliResult};
 
 /// Options of the CapFilt step shared by `infer` and (later) `run`.
@@ -22,15 +23,15 @@ pub struct CapfiltOptions {
     /// Caption decoding: nucleus (BLIP's CapFilt), greedy or beam [default: the captioner bundle's].
     #[arg(long, env = "CAPFILT_DECODING")]
     pub decoding: Option<Decoding>,
-    /// Synthetic captions per image (nucleus: K samples; beam: the K best beams).
-    #[arg(long, env = "CAPFILT_CANDIDATES", default_value_t = 1)]
-    pub candidates: usize,
-    /// Keep a text when its ITM match probability is at least this.
-    #[arg(long, env = "CAPFILT_THRESHOLD", default_value_t = 0.5)]
-    pub threshold: f32,
-    /// Images per inference batch.
-    #[arg(long, env = "CAPFILT_BATCH_SIZE", default_value_t = 32)]
-    pub batch_size: usize,
+    /// Synthetic captions per image (nucleus: K samples; beam: the K best beams) [default: 1].
+    #[arg(long, env = "CAPFILT_CANDIDATES")]
+    pub candidates: Option<usize>,
+    /// Keep a text when its ITM match probability is at least this [default: 0.5].
+    #[arg(long, env = "CAPFILT_THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// Images per inference batch [default: 32].
+    #[arg(long, env = "CAPFILT_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
     /// Nucleus sampling mass [default: the bundle's, 0.9].
     #[arg(long)]
     pub top_p: Option<f32>,
@@ -52,21 +53,21 @@ pub struct CapfiltOptions {
     /// (image, text) pairs per ITM batch.
     #[arg(long, default_value_t = 64)]
     pub itm_batch: usize,
-    /// Bootstrap round number (part of every sampling seed and output row).
-    #[arg(long, default_value_t = 1)]
-    pub round: u32,
-    /// Execution device: cpu or cuda:N (needs a build with --features cuda).
-    #[arg(long, env = "CAPFILT_DEVICE", default_value = "cpu")]
-    pub device: Device,
+    /// Bootstrap round number (part of every sampling seed and output row) [default: 1].
+    #[arg(long)]
+    pub round: Option<u32>,
+    /// Execution device: cpu or cuda:N (needs a build with --features cuda) [default: cpu].
+    #[arg(long, env = "CAPFILT_DEVICE")]
+    pub device: Option<Device>,
     /// ONNX Runtime intra-op threads per session [default: one per core].
     #[arg(long, env = "CAPFILT_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
     /// ONNX Runtime graph optimisation: disable, basic, extended or all.
     #[arg(long, default_value = "all")]
     pub optimization: Optimization,
-    /// Input column names: img2dataset (key, url, caption, jpg) or laion (URL, TEXT).
-    #[arg(long, default_value = "img2dataset")]
-    pub columns: String,
+    /// Input column names: img2dataset (key, url, caption, jpg) or laion (URL, TEXT) [default: img2dataset].
+    #[arg(long)]
+    pub columns: Option<String>,
     /// Largest accepted encoded image, bytes.
     #[arg(long, default_value_t = ImageLimits::default().max_encoded_bytes)]
     pub max_image_bytes: usize,
@@ -88,97 +89,144 @@ pub struct CapfiltOptions {
 }
 
 impl CapfiltOptions {
-    /// Step parameters: the captioner bundle's generation defaults with these overrides.
-    pub fn step_params(&self, captioner: &Bundle) -> Result<StepParams, CliError> {
+    /// Step parameters: flags, else the config file, else the captioner bundle's generation
+    /// defaults (and capfilt's).
+    pub fn step_params(
+        &self,
+        captioner: &Bundle,
+        file: &FileConfig,
+    ) -> Result<StepParams, CliError> {
+        let f = &file.capfilt;
         let mut g = captioner
             .manifest
             .generation
             .as_ref()
             .map(GenerationParams::from_bundle)
             .unwrap_or_default();
-        if let Some(d) = self.decoding {
+        let decoding = match (self.decoding, &f.decoding) {
+            (Some(d), _) => Some(d),
+            (None, Some(name)) => Some(
+                name.parse::<Decoding>()
+                    .map_err(|e| CliError::Usage(anyhow!("config [capfilt] decoding: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(d) = decoding {
             g.decoding = d;
         }
-        g.candidates = self.candidates;
-        if let Some(v) = self.top_p {
+        g.candidates = self.candidates.or(f.candidates).unwrap_or(1);
+        if let Some(v) = self.top_p.or(f.top_p) {
             g.top_p = v;
         }
-        if let Some(v) = self.temperature {
+        if let Some(v) = self.temperature.or(f.temperature) {
             g.temperature = v;
         }
-        if let Some(v) = self.num_beams {
+        if let Some(v) = self.num_beams.or(f.num_beams) {
             g.num_beams = v;
         }
-        if let Some(v) = self.repetition_penalty {
+        if let Some(v) = self.repetition_penalty.or(f.repetition_penalty) {
             g.repetition_penalty = v;
         }
-        if let Some(v) = self.min_length {
+        if let Some(v) = self.min_length.or(f.min_length) {
             g.min_length = v;
         }
-        if let Some(v) = self.max_length {
+        if let Some(v) = self.max_length.or(f.max_length) {
             g.max_length = v;
         }
         g.validate().map_err(|e| CliError::Usage(anyhow!("{e}")))?;
-        if !(0.0..=1.0).contains(&self.threshold) {
+        let threshold = self.threshold.or(f.threshold).unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&threshold) {
             return Err(CliError::Usage(anyhow!(
-                "--threshold must be within 0..=1, got {}",
-                self.threshold
+                "--threshold must be within 0..=1, got {threshold}"
             )));
         }
-        if self.batch_size == 0 || self.itm_batch == 0 {
+        if self.batch_size(file) == 0 || self.itm_batch == 0 {
             return Err(CliError::Usage(anyhow!(
                 "--batch-size and --itm-batch must be at least 1"
             )));
         }
         Ok(StepParams {
             generation: g,
-            threshold: self.threshold,
+            threshold,
             itm_batch: self.itm_batch,
-            round: self.round,
+            round: self.round.or(file.round).unwrap_or(1),
         })
+    }
+
+    /// Images per inference batch.
+    pub fn batch_size(&self, file: &FileConfig) -> usize {
+        self.batch_size.or(file.capfilt.batch_size).unwrap_or(32)
+    }
+
+    /// The input column mapping.
+    pub fn mapping(&self, file: &FileConfig) -> Result<ColumnMapping, CliError> {
+        match (&self.columns, &file.columns) {
+            (Some(name), _) => ColumnMapping::preset(name).ok_or_else(|| {
+                CliError::Usage(anyhow!(
+                    "unknown --columns '{name}': use img2dataset or laion"
+                ))
+            }),
+            (None, Some(c)) => c.mapping().map_err(CliError::Usage),
+            (None, None) => Ok(ColumnMapping::img2dataset()),
+        }
+    }
+
+    /// Image limits.
+    pub fn limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_encoded_bytes: self.max_image_bytes,
+            max_pixels: self.max_image_pixels,
+            min_side: self.min_image_side,
+        }
     }
 
     /// Reading options.
-    pub fn read_options(&self) -> Result<ReadOptions, CliError> {
-        let mapping = ColumnMapping::preset(&self.columns).ok_or_else(|| {
-            CliError::Usage(anyhow!(
-                "unknown --columns '{}': use img2dataset or laion",
-                self.columns
-            ))
-        })?;
+    pub fn read_options(&self, file: &FileConfig) -> Result<ReadOptions, CliError> {
         Ok(ReadOptions {
-            mapping,
-            batch_size: self.batch_size,
+            mapping: self.mapping(file)?,
+            batch_size: self.batch_size(file),
             queue_depth: 2,
-            limits: ImageLimits {
-                max_encoded_bytes: self.max_image_bytes,
-                max_pixels: self.max_image_pixels,
-                min_side: self.min_image_side,
-            },
+            limits: self.limits(),
             with_images: self.with_images,
+            cancel: None,
+            progress: None,
         })
     }
 
-    /// ONNX Runtime session options.
-    pub fn session(&self) -> SessionOptions {
-        SessionOptions {
-            device: self.device,
-            intra_threads: self.intra_threads,
-            optimization: self.optimization,
+    /// The device.
+    pub fn device(&self, file: &FileConfig) -> Result<Device, CliError> {
+        match (self.device, &file.worker.device) {
+            (Some(d), _) => Ok(d),
+            (None, Some(name)) => name
+                .parse()
+                .map_err(|e| CliError::Usage(anyhow!("config [worker] device: {e}"))),
+            (None, None) => Ok(Device::Cpu),
         }
+    }
+
+    /// ONNX Runtime session options.
+    pub fn session(&self, file: &FileConfig) -> Result<SessionOptions, CliError> {
+        Ok(SessionOptions {
+            device: self.device(file)?,
+            intra_threads: self.intra_threads.or(file.worker.intra_threads),
+            optimization: self.optimization,
+        })
     }
 
     /// Which ONNX Runtime library to load.
-    pub fn ort(&self) -> OrtConfig {
-        OrtConfig {
+    pub fn ort(&self, file: &FileConfig) -> Result<OrtConfig, CliError> {
+        Ok(OrtConfig {
             library: self.onnxruntime.clone(),
-            gpu: matches!(self.device, Device::Cuda(_)),
-        }
+            gpu: matches!(self.device(file)?, Device::Cuda(_)),
+        })
     }
 
     /// The cache folder.
-    pub fn cache(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    pub fn cache(&self, file: &FileConfig) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .or_else(|| file.worker.cache_dir.clone())
+            .unwrap_or_else(default_cache_dir)
     }
 }
 
@@ -200,6 +248,9 @@ pub struct InferArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// TOML config file ([capfilt], [worker], [store] and columns apply here).
+    #[arg(long, env = "CAPFILT_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub options: CapfiltOptions,
 }
@@ -219,22 +270,24 @@ pub fn run(args: InferArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
         let o = &args.options;
-        let cache = o.cache();
-        let captioner = Bundle::fetch(&args.captioner, &cache, &[])
+        let file = FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
+        let cache = o.cache(&file);
+        let store_options = file.store_options();
+        let captioner = Bundle::fetch(&args.captioner, &cache, &store_options)
             .await
             .map_err(|e| CliError::Usage(e.into()))?;
-        let step = o.step_params(&captioner)?;
+        let step = o.step_params(&captioner, &file)?;
         let config = InferConfig {
             captioner: args.captioner.clone(),
             filter: args.filter.clone(),
             input: args.input.clone(),
             output: args.output.clone(),
             step,
-            read: o.read_options()?,
-            session: o.session(),
-            ort: o.ort(),
+            read: o.read_options(&file)?,
+            session: o.session(&file)?,
+            ort: o.ort(&file)?,
             cache_dir: cache,
-            store_options: Vec::new(),
+            store_options,
         };
         let started = std::time::Instant::now();
         let summary = run_infer(config).await.map_err(classify)?;

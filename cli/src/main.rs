@@ -2,6 +2,8 @@
 //! the command line, sets up logging and maps errors to exit codes (0 ok, 1 the job failed,
 //! 2 bad usage or configuration).
 
+mod cluster;
+mod config;
 mod doctor;
 mod exit;
 mod infer;
@@ -36,6 +38,10 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Run the CapFilt step (caption + filter) on one Parquet file on this machine, no coordinator.
     Infer(infer::InferArgs),
+    /// Run a CapFilt round: a coordinator and N workers in this process (local filesystem or any object store).
+    Run(cluster::RunArgs),
+    /// Run a worker: take shards from a coordinator, caption and filter them, commit the output.
+    Worker(cluster::WorkerArgs),
     /// Run a coordinator: the gRPC server workers register with and poll for shards.
     Coordinator(serve::CoordinatorArgs),
     /// Show a coordinator's shards by state, workers and throughput.
@@ -53,6 +59,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => synth::run(args),
         Command::Infer(args) => infer::run(args),
+        Command::Run(args) => cluster::run(args),
+        Command::Worker(args) => cluster::run_worker_command(args),
         Command::Coordinator(args) => serve::run(args),
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),

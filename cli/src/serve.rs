@@ -1,10 +1,9 @@
 //! `capfilt coordinator`: serves the coordinator until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
-use capfilt_coordinator::{CoordinatorService, Timing};
+use capfilt_coordinator::CoordinatorService;
 use clap::Args;
 
 use crate::exit::{CliError, CliResult};
@@ -12,59 +11,69 @@ use crate::exit::{CliError, CliResult};
 /// Arguments of `capfilt coordinator`.
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
-    /// Address to serve gRPC on (use 0.0.0.0:PORT inside a cluster).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        env = "CAPFILT_LISTEN",
-        default_value = "127.0.0.1:50051"
-    )]
-    listen: SocketAddr,
-    /// How often idle workers poll, in milliseconds.
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "CAPFILT_POLL_INTERVAL_MS",
-        default_value_t = 2_000
-    )]
-    poll_interval_ms: u64,
-    /// Lease timeout in milliseconds: a lease not extended by a heartbeat within it is taken back.
-    #[arg(
-        long,
-        value_name = "MS",
-        env = "CAPFILT_LEASE_TIMEOUT_MS",
-        default_value_t = 60_000
-    )]
-    lease_timeout_ms: u64,
+    /// Address to serve gRPC on (use 0.0.0.0:PORT inside a cluster) [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR", env = "CAPFILT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// How often idle workers poll, in milliseconds [default: 500].
+    #[arg(long, value_name = "MS", env = "CAPFILT_POLL_INTERVAL_MS")]
+    poll_interval_ms: Option<u64>,
+    /// Lease timeout in milliseconds: a lease not extended by a heartbeat within it is taken back [default: 60000].
+    #[arg(long, value_name = "MS", env = "CAPFILT_LEASE_TIMEOUT_MS")]
+    lease_timeout_ms: Option<u64>,
+    /// TOML config file (input, output, bundles, [capfilt], [coordinator], [store]).
+    #[arg(long, env = "CAPFILT_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Exit once the round's manifest is written (default: keep serving status until stopped).
+    #[arg(long)]
+    exit_when_done: bool,
+    #[command(flatten)]
+    round_args: crate::cluster::RoundArgs,
+    #[command(flatten)]
+    options: crate::infer::CapfiltOptions,
 }
 
 /// Runs `capfilt coordinator`.
 pub fn run(args: CoordinatorArgs) -> CliResult {
-    if args.poll_interval_ms == 0 || args.lease_timeout_ms <= args.poll_interval_ms {
-        return Err(CliError::Usage(anyhow::anyhow!(
-            "--lease-timeout-ms ({}) must be larger than --poll-interval-ms ({}), which must be > 0",
-            args.lease_timeout_ms,
-            args.poll_interval_ms
-        )));
-    }
+    let file = crate::config::FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
+    let timing = crate::cluster::timing(&file, args.poll_interval_ms, args.lease_timeout_ms)?;
+    let listen: SocketAddr = match (args.listen, &file.coordinator.listen) {
+        (Some(a), _) => a,
+        (None, Some(a)) => a.parse().map_err(|e| {
+            CliError::Usage(anyhow::anyhow!("config [coordinator] listen '{a}': {e}"))
+        })?,
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 50051)),
+    };
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .map_err(CliError::Failed)?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}: choose another --listen address",
-                    args.listen
-                )
-            })
+            .with_context(|| format!("cannot listen on {listen}: choose another --listen address"))
             .map_err(CliError::Usage)?;
-        let service = CoordinatorService::new(Timing {
-            poll_interval: Duration::from_millis(args.poll_interval_ms),
-            lease_timeout: Duration::from_millis(args.lease_timeout_ms),
-        });
-        capfilt_coordinator::run(service, listener, shutdown_signal())
+        let has_round = args.round_args.input.is_some() || file.input.is_some();
+        let service = if has_round {
+            let round = args.options.round.or(file.round).unwrap_or(1);
+            let (spec, _) =
+                crate::cluster::round_spec(&args.round_args, &args.options, &file, round).await?;
+            let opened = crate::cluster::open_round(spec).await?;
+            CoordinatorService::with_round(timing, opened)
+        } else {
+            CoordinatorService::new(timing)
+        };
+        let mut done = service.subscribe_done();
+        let exit_when_done = args.exit_when_done;
+        let stop = async move {
+            if exit_when_done {
+                tokio::select! {
+                    _ = done.wait_for(Option::is_some) => tracing::info!("round finished: exiting"),
+                    _ = shutdown_signal() => {}
+                }
+            } else {
+                shutdown_signal().await;
+            }
+        };
+        capfilt_coordinator::run(service, listener, stop)
             .await
             .map_err(|e| CliError::Failed(e.into()))
     })

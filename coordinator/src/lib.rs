@@ -1,7 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+pub mod planner;
 pub mod registry;
+pub mod round;
 pub mod service;
+pub mod shard;
 
 use std::future::Future;
 
@@ -9,6 +12,7 @@ use capfilt_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+pub use round::{Round, RoundError, RoundSpec};
 pub use service::{CoordinatorService, Timing};
 
 /// Errors of the coordinator, each mapped once to a gRPC status code.
@@ -55,10 +59,13 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "coordinator listening");
-    tonic::transport::Server::builder()
+    let sweeper = tokio::spawn(service.sweeper());
+    let served = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .await;
+    sweeper.abort();
+    served?;
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -5,10 +5,14 @@ use std::time::{Duration, Instant};
 
 use capfilt_proto::v1::coordinator_server::Coordinator;
 use capfilt_proto::{PROTOCOL_VERSION, check_protocol_version, v1};
+use capfilt_schemas::records::RoundManifest;
+use tokio::sync::{Notify, watch};
 use tonic::{Request, Response, Status};
 
 use crate::CoordinatorError;
 use crate::registry::{Registry, unix_ms};
+use crate::round::{Cancel, Granted, Round, read_commit, write_manifest};
+use crate::shard::ShardState;
 
 /// Timing parameters the coordinator hands to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,9 @@ pub struct CoordinatorService {
     started: Instant,
     timing: Timing,
     registry: Arc<Mutex<Registry>>,
+    round: Option<Arc<Mutex<Round>>>,
+    wake: Arc<Notify>,
+    done: watch::Sender<Option<RoundManifest>>,
 }
 
 impl CoordinatorService {
@@ -45,6 +52,124 @@ impl CoordinatorService {
             started: Instant::now(),
             timing,
             registry: Arc::default(),
+            round: None,
+            wake: Arc::default(),
+            done: watch::channel(None).0,
+        }
+    }
+
+    /// A coordinator scheduling `round` (opened with [`Round::open`]).
+    pub fn with_round(timing: Timing, round: Round) -> Self {
+        Self {
+            round: Some(Arc::new(Mutex::new(round))),
+            ..Self::new(timing)
+        }
+    }
+
+    /// Receives the round's manifest once it is written.
+    pub fn subscribe_done(&self) -> watch::Receiver<Option<RoundManifest>> {
+        self.done.subscribe()
+    }
+
+    fn round(&self) -> Option<MutexGuard<'_, Round>> {
+        self.round
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Expires lost leases and, once every shard is final, writes the manifest; returns when
+    /// `stop` fires. Runs beside the gRPC server.
+    pub(crate) fn sweeper(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let round = self.round.clone();
+        let wake = self.wake.clone();
+        let done = self.done.clone();
+        let period = (self.timing.lease_timeout / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(5));
+        async move {
+            let Some(round) = round else { return };
+            loop {
+                let pending = {
+                    let mut r = round.lock().unwrap_or_else(|p| p.into_inner());
+                    r.tick(Instant::now());
+                    (r.is_done() && !r.manifest_written())
+                        .then(|| (r.output().clone(), r.manifest()))
+                };
+                if let Some((out, manifest)) = pending {
+                    match write_manifest(&out, &manifest).await {
+                        Ok(()) => {
+                            round
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .mark_manifest_written();
+                            let _ = done.send(Some(manifest));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "writing the round manifest failed; retrying")
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+        }
+    }
+
+    fn lease_message(&self, round: &Round, g: Granted) -> v1::ShardLease {
+        let spec = round.spec();
+        let p = &spec.params;
+        let decoding = match p.decoding.as_str() {
+            "greedy" => v1::Decoding::Greedy,
+            "beam" => v1::Decoding::Beam,
+            _ => v1::Decoding::Nucleus,
+        };
+        v1::ShardLease {
+            round: spec.round,
+            shard: Some(v1::ShardSpec {
+                shard_id: g.shard.shard_id.clone(),
+                file_url: g.shard.file.clone(),
+                file_size: round
+                    .plan()
+                    .inputs
+                    .iter()
+                    .find(|f| f.url == g.shard.file)
+                    .map_or(0, |f| f.size),
+                first_row_group: g.shard.first_row_group,
+                num_row_groups: g.shard.num_row_groups,
+                first_row: g.shard.first_row,
+                num_rows: g.shard.num_rows,
+            }),
+            attempt: g.attempt,
+            output_url: spec.output.clone(),
+            mapping: Some(v1::ColumnMapping {
+                key: spec.mapping.key.clone().unwrap_or_default(),
+                url: spec.mapping.url.clone().unwrap_or_default(),
+                caption: spec.mapping.caption.clone(),
+                image: spec.mapping.image.clone().unwrap_or_default(),
+            }),
+            captioner: Some(v1::BundleRef {
+                url: spec.captioner.url.clone(),
+                bundle_json_sha256: spec.captioner.bundle_json_sha256.clone(),
+            }),
+            filter: Some(v1::BundleRef {
+                url: spec.filter.url.clone(),
+                bundle_json_sha256: spec.filter.bundle_json_sha256.clone(),
+            }),
+            params: Some(v1::RoundParams {
+                decoding: decoding.into(),
+                top_p: p.top_p,
+                temperature: p.temperature,
+                num_beams: p.num_beams,
+                repetition_penalty: p.repetition_penalty,
+                min_length: p.min_length,
+                max_length: p.max_length,
+                candidates: p.candidates,
+                threshold: p.threshold,
+                batch_size: spec.batch_size,
+                prompt: p.prompt.clone(),
+            }),
+            deadline_unix_ms: g.deadline_unix_ms,
         }
     }
 
@@ -71,15 +196,60 @@ impl CoordinatorService {
                 rows_per_s: 0.0,
             })
             .collect();
+        drop(registry);
+        let (round_no, counts, rows_total, rows_done, shard_list) = match self.round() {
+            None => (0, v1::ShardCountsByState::default(), 0, 0, Vec::new()),
+            Some(r) => {
+                let counts = v1::ShardCountsByState {
+                    pending: r.count("pending") as u64,
+                    leased: r.count("leased") as u64,
+                    committed: r.count("committed") as u64,
+                    quarantined: r.count("quarantined") as u64,
+                };
+                let mut done = r.rows_committed();
+                let list = r
+                    .shards()
+                    .map(|(shard, state)| {
+                        let (st, worker, rows) = match state {
+                            ShardState::Pending { .. } => {
+                                (v1::ShardState::Pending, String::new(), 0)
+                            }
+                            ShardState::Leased {
+                                worker, rows_done, ..
+                            } => {
+                                done += rows_done;
+                                (v1::ShardState::Leased, worker.clone(), *rows_done)
+                            }
+                            ShardState::Committed { .. } => {
+                                (v1::ShardState::Committed, String::new(), shard.num_rows)
+                            }
+                            ShardState::Quarantined { .. } => {
+                                (v1::ShardState::Quarantined, String::new(), 0)
+                            }
+                        };
+                        v1::ShardStatus {
+                            shard_id: shard.shard_id.clone(),
+                            state: st.into(),
+                            attempt: state.attempts(),
+                            worker_id: worker,
+                            rows_done: rows,
+                            rows_total: shard.num_rows,
+                            last_error: state.last_error().unwrap_or_default().to_string(),
+                        }
+                    })
+                    .collect();
+                (r.spec().round, counts, r.plan().rows(), done, list)
+            }
+        };
         v1::GetStatusResponse {
             protocol_version: PROTOCOL_VERSION,
             coordinator_instance: self.instance.clone(),
-            round: 0,
-            shards: Some(v1::ShardCountsByState::default()),
-            rows_total: 0,
-            rows_done: 0,
+            round: round_no,
+            shards: Some(counts),
+            rows_total,
+            rows_done,
             workers,
-            shard_list: Vec::new(),
+            shard_list,
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }
     }
@@ -127,23 +297,64 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<v1::PollWorkResponse>, Status> {
         let req = request.into_inner();
         check_protocol_version(req.protocol_version)?;
-        let mut registry = self.registry();
-        if registry.heartbeat(&req, Instant::now()).is_none() {
-            return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
+        let now = Instant::now();
+        {
+            let mut registry = self.registry();
+            if registry.heartbeat(&req, now).is_none() {
+                return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
+            }
         }
-        // No round is planned on this coordinator, so no lease a worker reports is one of ours:
-        // tell it to drop them rather than let it commit work nobody scheduled.
-        let cancellations = req
-            .leases
-            .iter()
-            .map(|l| v1::LeaseCancellation {
-                shard_id: l.shard_id.clone(),
-                attempt: l.attempt,
-                reason: v1::CancelReason::UnknownLease.into(),
-            })
-            .collect();
+        let Some(mut round) = self.round() else {
+            // No round is planned on this coordinator, so no lease a worker reports is one of
+            // ours: tell it to drop them rather than let it commit work nobody scheduled.
+            let cancellations = req
+                .leases
+                .iter()
+                .map(|l| v1::LeaseCancellation {
+                    shard_id: l.shard_id.clone(),
+                    attempt: l.attempt,
+                    reason: v1::CancelReason::UnknownLease.into(),
+                })
+                .collect();
+            return Ok(Response::new(v1::PollWorkResponse {
+                new_leases: Vec::new(),
+                cancellations,
+                next_poll_ms: millis(self.timing.poll_interval),
+            }));
+        };
+        let timeout = self.timing.lease_timeout;
+        let mut cancellations = Vec::new();
+        for l in &req.leases {
+            if let Some(cancel) = round.heartbeat(
+                &req.worker_id,
+                &l.shard_id,
+                l.attempt,
+                l.rows_done,
+                now,
+                timeout,
+            ) {
+                let reason = match cancel {
+                    Cancel::Expired => v1::CancelReason::LeaseExpired,
+                    Cancel::Committed => v1::CancelReason::AlreadyCommitted,
+                    Cancel::Unknown => v1::CancelReason::UnknownLease,
+                };
+                tracing::info!(worker = %req.worker_id, shard = %l.shard_id, attempt = l.attempt, ?reason, "lease cancelled");
+                cancellations.push(v1::LeaseCancellation {
+                    shard_id: l.shard_id.clone(),
+                    attempt: l.attempt,
+                    reason: reason.into(),
+                });
+            }
+        }
+        let mut new_leases = Vec::new();
+        if req.accepting && req.free_slots > 0 {
+            for g in round.lease(&req.worker_id, req.free_slots as usize, now, timeout) {
+                tracing::info!(worker = %req.worker_id, shard = %g.shard.shard_id, attempt = g.attempt, rows = g.shard.num_rows, "shard leased");
+                new_leases.push(self.lease_message(&round, g));
+            }
+        }
         Ok(Response::new(v1::PollWorkResponse {
-            new_leases: Vec::new(),
+            new_leases,
             cancellations,
             next_poll_ms: millis(self.timing.poll_interval),
         }))
@@ -159,11 +370,30 @@ impl Coordinator for CoordinatorService {
             return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
         }
         let commit = req.commit.unwrap_or_default();
-        Err(CoordinatorError::UnknownLease {
-            shard_id: commit.shard_id,
-            attempt: commit.attempt,
+        let out = match self.round() {
+            Some(r) if r.has_shard(&commit.shard_id) => r.output().clone(),
+            _ => {
+                return Err(CoordinatorError::UnknownLease {
+                    shard_id: commit.shard_id,
+                    attempt: commit.attempt,
+                }
+                .into());
+            }
+        };
+        // The store is the source of truth: follow the commit record, not the report.
+        let record = read_commit(&out, &commit.shard_id).await.map_err(|e| {
+            CoordinatorError::InvalidRequest(format!(
+                "shard {} reported committed, but: {e}",
+                commit.shard_id
+            ))
+        })?;
+        let winner = record.attempt;
+        if let Some(mut r) = self.round() {
+            r.apply_commit(record);
         }
-        .into())
+        tracing::info!(worker = %req.worker_id, shard = %commit.shard_id, attempt = commit.attempt, winner, "shard committed");
+        self.wake.notify_one();
+        Ok(Response::new(v1::CompleteShardResponse {}))
     }
 
     async fn fail_shard(
@@ -175,11 +405,51 @@ impl Coordinator for CoordinatorService {
         if !self.registry().contains(&req.worker_id) {
             return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
         }
-        Err(CoordinatorError::UnknownLease {
-            shard_id: req.shard_id,
-            attempt: req.attempt,
+        let kind = req.kind();
+        if kind == v1::FailureKind::CommitConflict {
+            // Another attempt committed first: pick up its record.
+            let out = self
+                .round()
+                .filter(|r| r.has_shard(&req.shard_id))
+                .map(|r| r.output().clone());
+            if let Some(out) = out
+                && let Ok(record) = read_commit(&out, &req.shard_id).await
+                && let Some(mut r) = self.round()
+            {
+                r.apply_commit(record);
+            }
+            self.wake.notify_one();
+            return Ok(Response::new(v1::FailShardResponse {}));
         }
-        .into())
+        let Some(mut round) = self.round() else {
+            return Err(CoordinatorError::UnknownLease {
+                shard_id: req.shard_id,
+                attempt: req.attempt,
+            }
+            .into());
+        };
+        let applied = if kind == v1::FailureKind::Released {
+            round.release(&req.shard_id, req.attempt)
+        } else {
+            round.fail(
+                &req.shard_id,
+                req.attempt,
+                req.retryable,
+                req.count_to_failures,
+                &req.error,
+            )
+        };
+        if !applied {
+            return Err(CoordinatorError::UnknownLease {
+                shard_id: req.shard_id,
+                attempt: req.attempt,
+            }
+            .into());
+        }
+        tracing::warn!(worker = %req.worker_id, shard = %req.shard_id, attempt = req.attempt, kind = ?kind, retryable = req.retryable, error = %req.error, "shard attempt failed");
+        drop(round);
+        self.wake.notify_one();
+        Ok(Response::new(v1::FailShardResponse {}))
     }
 
     async fn get_status(

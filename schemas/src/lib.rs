@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod mapping;
 pub mod outputs;
 pub mod records;
+pub mod store;
 
 pub use bundle::{BundleKind, BundleManifest};
 pub use mapping::{ColumnMapping, ColumnRole, InputColumns};

@@ -77,7 +77,9 @@ def train(args) -> Path:
     # Alt-text augmentation of filter texts (see augment.py); the captioner learns clean captions.
     text_augment = args.text_augment if args.text_augment is not None else (0.5 if args.kind == "filter" else 0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    # --steps 0 saves the freshly initialised model (random weights, e.g. the base shape for
+    # performance work).
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, args.steps), pct_start=0.1)
     prompt_len = len(tok.encode(PROMPT).ids) - 1  # [DEC] + prompt tokens
     order = rng.permutation(len(examples))
     pos = 0
@@ -124,7 +126,7 @@ def train(args) -> Path:
         "lr": args.lr,
         "seed": args.seed,
         "text_augment": text_augment,
-        "final_loss": float(np.mean(losses[-args.log_every :])),
+        "final_loss": float(np.mean(losses[-args.log_every :])) if losses else None,
         "seconds": round(time.time() - t0, 1),
         "command": "python -m capfilt_trainer " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }

@@ -13,8 +13,8 @@ use capfilt_schemas::bundle::{BUNDLE_MANIFEST_FILE, BundleKind, BundleManifest};
 use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 
-use crate::store::{self, StoreError};
 use crate::text::{BlipTokenizer, TextError};
+use capfilt_schemas::store::{self, StoreError};
 
 /// Why a bundle cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use capfilt_schemas::outputs::RejectReason;
 use capfilt_schemas::records::{ShardCounts, ShardStats};
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::reader::ChunkReader;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -26,7 +29,7 @@ use crate::input::{InputRow, rows_of};
 use crate::output::{ShardTables, SourceRef, Tables, parquet_bytes};
 use crate::preprocess::{ImageLimits, Rejected, decode_rgb, pixel_values};
 use crate::runtime::{OrtConfig, OrtRuntime, SessionOptions};
-use crate::store::{self, StoreError};
+use capfilt_schemas::store::{self, StoreError};
 
 /// Errors that stop a CapFilt step (bad rows never do: they become rejects).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub enum InferError {
         /// Why.
         message: String,
     },
+    /// The step was cancelled.
+    #[error("cancelled")]
+    Cancelled,
     /// The output could not be encoded or written.
     #[error("output {location}: {message}")]
     Output {
@@ -74,6 +80,11 @@ pub struct ReadOptions {
     pub limits: ImageLimits,
     /// Materialise image bytes into `cleaned/`.
     pub with_images: bool,
+    /// Set to stop between batches (a cancelled lease): the step then fails with
+    /// [`InferError::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Rows done so far, updated after every batch (lease progress).
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 impl Default for ReadOptions {
@@ -84,6 +95,8 @@ impl Default for ReadOptions {
             queue_depth: 2,
             limits: ImageLimits::default(),
             with_images: false,
+            cancel: None,
+            progress: None,
         }
     }
 }
@@ -126,14 +139,29 @@ pub fn process_parquet(
     engine: &mut Engine,
     read: &ReadOptions,
 ) -> Result<(Tables, ShardStats), InferError> {
+    let file = std::fs::File::open(path).map_err(|e| InferError::Input {
+        file: source.to_string(),
+        message: e.to_string(),
+    })?;
+    process_reader(file, source, row_groups, engine, read)
+}
+
+/// [`process_parquet`] over any Parquet byte source (a file, or a shard's
+/// [`SparseFile`](crate::shard_input::SparseFile)).
+pub fn process_reader<R: ChunkReader + 'static>(
+    reader: R,
+    source: &str,
+    row_groups: Option<Range<usize>>,
+    engine: &mut Engine,
+    read: &ReadOptions,
+) -> Result<(Tables, ShardStats), InferError> {
     let started = Instant::now();
     let input_err = |message: String| InferError::Input {
         file: source.to_string(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| input_err(e.to_string()))?;
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| input_err(e.to_string()))?;
+        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| input_err(e.to_string()))?;
     let columns = read.mapping.validate(source, builder.schema())?;
     let meta = builder.metadata().clone();
     let groups: Vec<usize> = match &row_groups {
@@ -200,6 +228,14 @@ pub fn process_parquet(
     let mut timings = StepTimings::default();
     let mut failure = None;
     for chunk in rx {
+        if read
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            failure = Some(InferError::Cancelled);
+            break;
+        }
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
@@ -246,6 +282,9 @@ pub fn process_parquet(
                     tables.push_scored(&src, &j, row.image.as_deref());
                 }
             }
+        }
+        if let Some(p) = &read.progress {
+            p.store(tables.counts.rows_in, Ordering::Relaxed);
         }
     }
     drop(producer.join());
@@ -401,4 +440,36 @@ pub async fn run_infer(config: InferConfig) -> Result<InferSummary, InferError> 
         stats,
         files,
     })
+}
+
+/// Reads up to `limit` rows of the local Parquet file `path` through `mapping` (for tools and
+/// benchmarks; the step itself streams).
+pub fn read_rows(
+    path: &Path,
+    mapping: &ColumnMapping,
+    limit: usize,
+) -> Result<Vec<InputRow>, InferError> {
+    let source = path.display().to_string();
+    let input_err = |message: String| InferError::Input {
+        file: source.clone(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| input_err(e.to_string()))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| input_err(e.to_string()))?;
+    let columns = mapping.validate(&source, builder.schema())?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for batch in builder.build().map_err(|e| input_err(e.to_string()))? {
+        let batch = batch.map_err(|e| input_err(e.to_string()))?;
+        rows.extend(rows_of(&batch, &columns, rows.len() as u64, &stem));
+        if rows.len() >= limit {
+            rows.truncate(limit);
+            break;
+        }
+    }
+    Ok(rows)
 }

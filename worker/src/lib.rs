@@ -12,8 +12,12 @@ pub mod output;
 pub mod preprocess;
 pub mod runtime;
 pub mod sampling;
-pub mod store;
+pub mod shard_input;
+pub mod shard_loop;
 pub mod text;
+
+/// Object-store locations (re-exported from capfilt-schemas, shared with the coordinator).
+pub use capfilt_schemas::store;
 
 pub use bundle::{Bundle, BundleError};
 pub use captioner::{Caption, Captioner, SeedBase};
@@ -24,3 +28,11 @@ pub use filter::{Filter, PairScore};
 pub use infer::{InferConfig, InferError, InferSummary, ReadOptions, process_parquet, run_infer};
 pub use runtime::{ORT_VERSION, Optimization, OrtConfig, OrtError, OrtRuntime, SessionOptions};
 pub use sampling::{Decoding, GenerationParams};
+
+/// A small per-process nonce for generated ids.
+pub(crate) fn registry_nonce() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ (nanos >> 16)) as u16
+}

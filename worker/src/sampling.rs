@@ -292,7 +292,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut counts = [0usize; 4];
         for _ in 0..20_000 {
-            counts[sample(&scores, 1.0, 0.8, &mut rng) as usize] += 1;
+            counts[sample(&scores, 1.0, 0.75, &mut rng) as usize] += 1;
         }
         assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
         let share = counts[0] as f64 / 20_000.0;

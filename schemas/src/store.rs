@@ -107,6 +107,50 @@ impl Location {
     }
 }
 
+/// Checks that the store at `loc` honours create-only PUTs (`PutMode::Create`): exactly-once
+/// commits depend on it, and some S3-compatible servers silently overwrite instead. Writes and
+/// deletes a probe object `{loc}/_commits/.probe-*` (never read as a commit record).
+pub async fn verify_create_only(loc: &Location) -> Result<(), StoreError> {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let probe = loc.child(&format!("_commits/.probe-{}-{nanos}", std::process::id()));
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let io = |operation: &'static str| {
+        let location = probe.display.clone();
+        move |source| StoreError::Io {
+            operation,
+            location,
+            source,
+        }
+    };
+    probe
+        .store
+        .put_opts(&probe.path, PutPayload::from_static(b"first"), create())
+        .await
+        .map_err(io("writing a probe object to"))?;
+    let second = probe
+        .store
+        .put_opts(&probe.path, PutPayload::from_static(b"second"), create())
+        .await;
+    let _ = probe.store.delete(&probe.path).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(source) => Err(io("probing create-only writes at")(source)),
+        Ok(_) => Err(StoreError::BadLocation {
+            location: loc.display.clone(),
+            message: "this store accepted a second create-only PUT of the same object (it ignores \
+                      conditional writes such as If-None-Match); capfilt's exactly-once commits need a \
+                      store that refuses it (AWS S3, MinIO, GCS, Azure, a local filesystem, moto)"
+                .into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +162,15 @@ mod tests {
         assert!(resolve("file:///tmp/x", &[]).expect("file").local.is_some());
         assert!(is_url("s3://bucket/prefix"));
         assert!(!is_url("/data/web"));
+    }
+
+    #[tokio::test]
+    async fn the_local_filesystem_honours_create_only_puts() {
+        let dir = std::env::temp_dir().join(format!("capfilt-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let loc = resolve(&dir.display().to_string(), &[]).expect("local");
+        verify_create_only(&loc).await.expect("create-only");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! `capfilt-bench`: throughput of the CapFilt step in capfilt (Rust + ONNX Runtime) next to the
+//! same work done by HF transformers in PyTorch (`scripts/bench_hf.py`), run on the same images
+//! with the same thread count, in the same run. A program that prints figures, not a test.
+//!
+//! ```text
+//! cargo run --release -p capfilt --bin capfilt-bench -- \
+//!     --captioner models/shapes-seed/captioner --filter models/shapes-seed/filter \
+//!     --data BENCH/web/part-00000.parquet --images 64 --batch-sizes 1,8,32 --threads 2
+//! ```
+//!
+//! Per batch size: images/s of decode + preprocess + one nucleus-sampled caption + ITM/ITC on the
+//! web text and the synthetic caption. Decoding runs on the calling thread in both (the worker's
+//! decode pool overlapping inference is left out, so the comparison is of the same work).
+//! Also: decode + bicubic resize + normalise images/s on one core, against Pillow + numpy.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use capfilt_schemas::mapping::ColumnMapping;
+use capfilt_worker::engine::StepTimings;
+use capfilt_worker::infer::{prepare, read_rows};
+use capfilt_worker::preprocess::ImageLimits;
+use capfilt_worker::{
+    Bundle, Device, Engine, GenerationParams, Optimization, OrtConfig, OrtRuntime, SessionOptions,
+    StepParams,
+};
+use clap::Parser;
+
+/// Throughput of capfilt's CapFilt step against HF transformers in PyTorch.
+#[derive(Debug, Parser)]
+#[command(name = "capfilt-bench")]
+struct Args {
+    /// Captioner bundle folder (its checkpoint/ is what the PyTorch baseline loads).
+    #[arg(long)]
+    captioner: PathBuf,
+    /// Filter bundle folder.
+    #[arg(long)]
+    filter: PathBuf,
+    /// img2dataset-style Parquet file to take images and web captions from.
+    #[arg(long)]
+    data: PathBuf,
+    /// Images per measurement.
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Threads for both runtimes (ONNX Runtime intra-op, torch.set_num_threads).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Device: cpu or cuda:N (capfilt needs the cuda feature; PyTorch runs on cuda too).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Python with torch and transformers for the baseline.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Skip the PyTorch baseline.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+struct Measured {
+    batch: usize,
+    capfilt: f64,
+    torch: Option<f64>,
+    caption_ms: u128,
+    filter_ms: u128,
+    decode_ms: u128,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rows = read_rows(&args.data, &ColumnMapping::img2dataset(), args.images)
+        .with_context(|| format!("reading {}", args.data.display()))?;
+    if rows.is_empty() {
+        bail!("{} has no rows", args.data.display());
+    }
+    let cap = Bundle::open(&args.captioner)?;
+    let fil = Bundle::open(&args.filter)?;
+    let rt = OrtRuntime::init(&OrtConfig {
+        library: None,
+        gpu: matches!(args.device, Device::Cuda(_)),
+    })?;
+    let session = SessionOptions {
+        device: args.device,
+        intra_threads: Some(args.threads),
+        optimization: Optimization::All,
+    };
+    let generation = cap
+        .manifest
+        .generation
+        .as_ref()
+        .map(GenerationParams::from_bundle)
+        .unwrap_or_default();
+    let params = StepParams {
+        generation,
+        ..StepParams::default()
+    };
+    let mut engine = Engine::load(rt, &cap, &fil, &session, params)?;
+    let limits = ImageLimits::default();
+    let cap_pre = engine.captioner.preprocessing().clone();
+    let fil_pre = (!engine.shared_pixels()).then(|| engine.filter.preprocessing().clone());
+
+    // Decode + resize + normalise on one core.
+    let t = Instant::now();
+    let mut decoded = 0usize;
+    while t.elapsed().as_secs_f64() < 1.0 {
+        for r in &rows {
+            let _ = prepare(r, &cap_pre, None, &limits);
+            decoded += 1;
+        }
+    }
+    let decode_ips = decoded as f64 / t.elapsed().as_secs_f64();
+
+    let mut measured = Vec::new();
+    for &bs in &args.batch_sizes {
+        let bs = bs.max(1);
+        let mut timings = StepTimings::default();
+        let run = |engine: &mut Engine,
+                   part: &[capfilt_worker::input::InputRow],
+                   timings: &mut StepTimings|
+         -> Result<u128> {
+            let t = Instant::now();
+            let prepared: Vec<_> = part
+                .iter()
+                .filter_map(|r| prepare(r, &cap_pre, fil_pre.as_ref(), &limits).ok())
+                .collect();
+            let decode = t.elapsed().as_millis();
+            engine.run(&prepared, timings)?;
+            Ok(decode)
+        };
+        run(
+            &mut engine,
+            &rows[..bs.min(rows.len())],
+            &mut StepTimings::default(),
+        )?; // warm-up
+        let t = Instant::now();
+        let mut decode_ms = 0;
+        for part in rows.chunks(bs) {
+            decode_ms += run(&mut engine, part, &mut timings)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "[capfilt] batch {bs}: {:.2} images/s",
+            rows.len() as f64 / secs
+        );
+        measured.push(Measured {
+            batch: bs,
+            capfilt: rows.len() as f64 / secs,
+            torch: None,
+            caption_ms: timings.caption.as_millis(),
+            filter_ms: timings.filter.as_millis(),
+            decode_ms,
+        });
+    }
+
+    let mut torch_decode = None;
+    let mut torch_version = String::new();
+    if !args.no_baseline {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
+        let sizes: Vec<String> = args
+            .batch_sizes
+            .iter()
+            .map(|b| b.max(&1).to_string())
+            .collect();
+        let device = match args.device {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        };
+        let out = Command::new(&args.python)
+            .arg(&script)
+            .args(["--captioner", &args.captioner.display().to_string()])
+            .args(["--filter", &args.filter.display().to_string()])
+            .args(["--data", &args.data.display().to_string()])
+            .args(["--images", &rows.len().to_string()])
+            .args(["--batch-sizes", &sizes.join(",")])
+            .args(["--threads", &args.threads.to_string()])
+            .args(["--device", &device])
+            .env("PYTHONWARNINGS", "ignore")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {} {}", args.python.display(), script.display()))?;
+        if !out.status.success() {
+            bail!("the PyTorch baseline failed ({})", out.status);
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("the PyTorch baseline printed no JSON")?;
+        torch_decode = json["decode_images_per_second_per_core"].as_f64();
+        torch_version = json["torch"].as_str().unwrap_or("?").to_string();
+        for m in &mut measured {
+            m.torch = json["step"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|s| s["batch_size"].as_u64() == Some(m.batch as u64))
+                })
+                .and_then(|s| s["images_per_second"].as_f64());
+        }
+    }
+
+    let a = &cap.manifest.architecture;
+    println!(
+        "CapFilt step: {} images of {}, captioner {} (vision {}x{} px/{} patches, text {}x{}), {} threads, {}",
+        rows.len(),
+        args.data.display(),
+        cap.manifest.name,
+        cap.manifest.preprocessing.image_size,
+        cap.manifest.preprocessing.image_size,
+        a.patch_size,
+        a.text_layers,
+        a.text_hidden_size,
+        args.threads,
+        args.device
+    );
+    println!(
+        "{:>6} {:>16} {:>16} {:>7}   {:>10} {:>10} {:>10}",
+        "batch", "capfilt img/s", "pytorch img/s", "ratio", "decode ms", "caption ms", "filter ms"
+    );
+    for m in &measured {
+        let (torch, ratio) = match m.torch {
+            Some(t) => (format!("{t:.2}"), format!("{:.2}x", m.capfilt / t)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:>6} {:>16.2} {:>16} {:>7}   {:>10} {:>10} {:>10}",
+            m.batch, m.capfilt, torch, ratio, m.decode_ms, m.caption_ms, m.filter_ms
+        );
+    }
+    print!("decode + resize + normalise, one core: capfilt {decode_ips:.0} img/s");
+    match torch_decode {
+        Some(p) => println!(", Pillow + numpy {p:.0} img/s ({:.2}x)", decode_ips / p),
+        None => println!(),
+    }
+    if !torch_version.is_empty() {
+        println!(
+            "baseline: torch {torch_version}, HF transformers generate (KV cache), same images and threads"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The TOML config file (`--config FILE`): one file for every option of `run`, `coordinator` and
+//! `worker`. Command-line flags and `CAPFILT_*` environment variables override it; built-in
+//! defaults fill the rest. See README "Configuration" for an example.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use capfilt_schemas::mapping::ColumnMapping;
+use serde::Deserialize;
+
+/// The whole file. Unknown keys are errors (a typo must not be silently ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Input Parquet prefix or file URL.
+    pub input: Option<String>,
+    /// Output prefix URL (rounds go under `round-NNNN/`).
+    pub output: Option<String>,
+    /// Captioner bundle.
+    pub captioner: Option<String>,
+    /// Filter bundle.
+    pub filter: Option<String>,
+    /// Round number to run (`capfilt coordinator`, `capfilt run`).
+    pub round: Option<u32>,
+    /// Workers `capfilt run` starts in-process.
+    pub workers: Option<usize>,
+    /// CapFilt step parameters.
+    #[serde(default)]
+    pub capfilt: CapfiltSection,
+    /// Coordinator settings.
+    #[serde(default)]
+    pub coordinator: CoordinatorSection,
+    /// Worker settings.
+    #[serde(default)]
+    pub worker: WorkerSection,
+    /// Input column mapping: a preset name or explicit columns.
+    pub columns: Option<ColumnsConfig>,
+    /// Object-store options (`aws_endpoint`, `aws_allow_http`, `aws_region`, ...).
+    #[serde(default)]
+    pub store: BTreeMap<String, String>,
+}
+
+/// `[capfilt]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapfiltSection {
+    /// nucleus, greedy or beam.
+    pub decoding: Option<String>,
+    /// Synthetic captions per image.
+    pub candidates: Option<usize>,
+    /// ITM keep threshold.
+    pub threshold: Option<f32>,
+    /// Images per inference batch.
+    pub batch_size: Option<usize>,
+    /// Nucleus mass.
+    pub top_p: Option<f32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Beams.
+    pub num_beams: Option<usize>,
+    /// Repetition penalty.
+    pub repetition_penalty: Option<f32>,
+    /// Minimum caption length (tokens, prompt included).
+    pub min_length: Option<usize>,
+    /// Maximum caption length (tokens, prompt included).
+    pub max_length: Option<usize>,
+}
+
+/// `[coordinator]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// gRPC listen address.
+    pub listen: Option<String>,
+    /// Idle poll interval, ms.
+    pub poll_interval_ms: Option<u64>,
+    /// Lease timeout, ms.
+    pub lease_timeout_ms: Option<u64>,
+    /// Target rows per shard.
+    pub target_shard_rows: Option<u64>,
+    /// Counted failures before a shard is quarantined.
+    pub max_failures: Option<u32>,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Compute slots per worker.
+    pub slots: Option<u32>,
+    /// cpu or cuda:N.
+    pub device: Option<String>,
+    /// ONNX Runtime intra-op threads.
+    pub intra_threads: Option<usize>,
+    /// Bundle cache folder.
+    pub cache_dir: Option<PathBuf>,
+    /// Seconds a shutting-down worker keeps working before giving its leases back.
+    pub drain_timeout_s: Option<u64>,
+}
+
+/// `columns = "laion"` or `[columns] caption = "TEXT" ...`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnsConfig {
+    /// A preset: img2dataset or laion.
+    Preset(String),
+    /// Explicit names.
+    Explicit(ColumnMapping),
+}
+
+impl ColumnsConfig {
+    /// The mapping.
+    pub fn mapping(&self) -> anyhow::Result<ColumnMapping> {
+        match self {
+            ColumnsConfig::Preset(name) => ColumnMapping::preset(name).ok_or_else(|| {
+                anyhow!("unknown columns preset '{name}': use img2dataset or laion")
+            }),
+            ColumnsConfig::Explicit(m) => Ok(m.clone()),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads `path`, or the empty config when `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow!("config file {}: {}", path.display(), e.to_string().trim()))
+    }
+
+    /// Object-store options as (key, value) pairs.
+    pub fn store_options(&self) -> Vec<(String, String)> {
+        self.store
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses_and_typos_are_errors() {
+        let text = r#"
+input = "s3://bucket/web/"
+output = "s3://bucket/capfilt/"
+captioner = "models/shapes-seed/captioner"
+filter = "models/shapes-seed/filter"
+workers = 3
+columns = "laion"
+
+[capfilt]
+decoding = "beam"
+candidates = 2
+threshold = 0.6
+
+[coordinator]
+listen = "0.0.0.0:50051"
+lease_timeout_ms = 30000
+target_shard_rows = 5000
+
+[worker]
+slots = 2
+device = "cuda:0"
+
+[store]
+aws_endpoint = "http://127.0.0.1:9000"
+aws_allow_http = "true"
+"#;
+        let c: FileConfig = toml::from_str(text).expect("parse");
+        assert_eq!(c.workers, Some(3));
+        assert_eq!(c.capfilt.candidates, Some(2));
+        assert_eq!(c.coordinator.target_shard_rows, Some(5000));
+        assert_eq!(c.worker.device.as_deref(), Some("cuda:0"));
+        assert_eq!(
+            c.columns
+                .expect("columns")
+                .mapping()
+                .expect("laion")
+                .caption,
+            "TEXT"
+        );
+        assert_eq!(c.store.len(), 2);
+        let typo = toml::from_str::<FileConfig>("[capfilt]\nthreshhold = 0.5\n").expect_err("typo");
+        assert!(typo.to_string().contains("threshhold"), "{typo}");
+    }
+}

@@ -1,0 +1,435 @@
+//! One bootstrap round's scheduling state: the plan, each shard's [`ShardState`], the commit
+//! records seen, and the manifest written when every shard is committed or quarantined.
+//!
+//! The state lives in memory; the output store is the source of truth. [`Round::open`] plans
+//! the input (deterministic ids) and marks every shard that has `_commits/{shard}.json` as
+//! committed, so a restarted coordinator redoes no committed shard.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use capfilt_schemas::mapping::ColumnMapping;
+use capfilt_schemas::records::{
+    BundleUse, CapfiltParams, CommitRecord, FinalShardState, RECORD_FORMAT_VERSION, RoundManifest,
+    ShardCounts, ShardOutcome, ShardRef,
+};
+use capfilt_schemas::store::{self, Location, StoreError};
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::planner::{self, Plan, PlanError};
+use crate::registry::unix_ms;
+use crate::shard::{Event, ShardState, transition};
+
+/// What a round runs on and with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSpec {
+    /// Round number (1-based).
+    pub round: u32,
+    /// Input prefix or file URL.
+    pub input: String,
+    /// The round's output prefix (`{output}/round-{r:04}`).
+    pub output: String,
+    /// Input column mapping.
+    pub mapping: ColumnMapping,
+    /// Target rows per shard.
+    pub target_shard_rows: u64,
+    /// Captioner bundle.
+    pub captioner: BundleUse,
+    /// Filter bundle.
+    pub filter: BundleUse,
+    /// CapFilt parameters.
+    pub params: CapfiltParams,
+    /// Images per inference batch on workers.
+    pub batch_size: u32,
+    /// Counted failures (including lost leases) before a shard is quarantined.
+    pub max_failures: u32,
+    /// Extra object-store options.
+    pub store_options: Vec<(String, String)>,
+}
+
+/// Round errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    /// Planning failed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Store access failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A commit record is unreadable.
+    #[error("commit record {path}: {message}")]
+    BadCommit {
+        /// Where.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A shard granted to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Granted {
+    /// The shard.
+    pub shard: ShardRef,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Deadline, Unix ms.
+    pub deadline_unix_ms: u64,
+}
+
+/// Why a worker must drop a lease it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The lease expired (or belongs to another attempt now).
+    Expired,
+    /// The shard is committed already.
+    Committed,
+    /// Not a shard of this round.
+    Unknown,
+}
+
+/// A round being scheduled.
+#[derive(Debug)]
+pub struct Round {
+    spec: RoundSpec,
+    out: Location,
+    plan: Plan,
+    states: Vec<ShardState>,
+    index: HashMap<String, usize>,
+    commits: HashMap<String, CommitRecord>,
+    manifest_written: bool,
+}
+
+/// Path of a shard's commit record under the round prefix.
+pub fn commit_path(shard_id: &str) -> String {
+    format!("_commits/{shard_id}.json")
+}
+
+impl Round {
+    /// Plans the round and rebuilds its state from the commit records already in the store.
+    pub async fn open(spec: RoundSpec) -> Result<Round, RoundError> {
+        let input = store::resolve(&spec.input, &spec.store_options)?;
+        let plan = planner::plan(&input, &spec.mapping, spec.target_shard_rows).await?;
+        let out = store::resolve(&spec.output, &spec.store_options)?;
+        store::verify_create_only(&out).await?;
+        let index = plan
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.shard_id.clone(), i))
+            .collect();
+        let mut round = Round {
+            states: vec![ShardState::default(); plan.shards.len()],
+            spec,
+            out,
+            plan,
+            index,
+            commits: HashMap::new(),
+            manifest_written: false,
+        };
+        let commits = round.out.child("_commits");
+        let listed: Vec<object_store::ObjectMeta> = commits
+            .store
+            .list(Some(&commits.path))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Io {
+                operation: "listing",
+                location: commits.display.clone(),
+                source,
+            })?;
+        for meta in listed {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let Some(shard_id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if round.index.contains_key(shard_id) {
+                let record = round.read_commit(shard_id).await?;
+                round.apply_commit(record);
+            }
+        }
+        let committed = round.count("committed");
+        tracing::info!(
+            round = round.spec.round,
+            shards = round.states.len(),
+            committed,
+            "round state rebuilt from the output store"
+        );
+        Ok(round)
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &RoundSpec {
+        &self.spec
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Shards and their states.
+    pub fn shards(&self) -> impl Iterator<Item = (&ShardRef, &ShardState)> {
+        self.plan.shards.iter().zip(&self.states)
+    }
+
+    /// Shards in state `name`.
+    pub fn count(&self, name: &str) -> usize {
+        self.states.iter().filter(|s| s.name() == name).count()
+    }
+
+    /// Rows of committed shards.
+    pub fn rows_committed(&self) -> u64 {
+        self.shards()
+            .filter(|(_, s)| matches!(s, ShardState::Committed { .. }))
+            .map(|(r, _)| r.num_rows)
+            .sum()
+    }
+
+    /// Every shard committed or quarantined.
+    pub fn is_done(&self) -> bool {
+        self.states.iter().all(ShardState::is_final)
+    }
+
+    /// Whether the manifest is written.
+    pub fn manifest_written(&self) -> bool {
+        self.manifest_written
+    }
+
+    fn apply(&mut self, i: usize, event: &Event) -> bool {
+        match transition(&self.states[i], event, self.spec.max_failures) {
+            Ok(next) => {
+                if next.name() != self.states[i].name() {
+                    tracing::debug!(shard = %self.plan.shards[i].shard_id, from = self.states[i].name(), to = next.name(), "shard state");
+                }
+                if let ShardState::Quarantined { last_error, .. } = &next
+                    && !matches!(self.states[i], ShardState::Quarantined { .. })
+                {
+                    tracing::warn!(shard = %self.plan.shards[i].shard_id, error = %last_error, "shard quarantined");
+                }
+                self.states[i] = next;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Leases up to `n` pending shards to `worker`.
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        n: usize,
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<Granted> {
+        let mut out = Vec::new();
+        for i in 0..self.states.len() {
+            if out.len() >= n {
+                break;
+            }
+            if !matches!(self.states[i], ShardState::Pending { .. }) {
+                continue;
+            }
+            let event = Event::Lease {
+                worker: worker.to_string(),
+                deadline: now + timeout,
+            };
+            if self.apply(i, &event) {
+                out.push(Granted {
+                    shard: self.plan.shards[i].clone(),
+                    attempt: self.states[i].attempts(),
+                    deadline_unix_ms: unix_ms() + timeout.as_millis() as u64,
+                });
+            }
+        }
+        out
+    }
+
+    /// A worker's heartbeat for its lease of `shard_id` attempt `attempt`: extended, or the
+    /// reason the worker must drop it.
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        shard_id: &str,
+        attempt: u32,
+        rows_done: u64,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<Cancel> {
+        let Some(&i) = self.index.get(shard_id) else {
+            return Some(Cancel::Unknown);
+        };
+        let event = Event::Heartbeat {
+            worker: worker.to_string(),
+            attempt,
+            rows_done,
+            deadline: now + timeout,
+        };
+        if self.apply(i, &event) {
+            return None;
+        }
+        match self.states[i] {
+            ShardState::Committed { .. } => Some(Cancel::Committed),
+            _ => Some(Cancel::Expired),
+        }
+    }
+
+    /// A failure report; false if it is not about the shard's current lease.
+    pub fn fail(
+        &mut self,
+        shard_id: &str,
+        attempt: u32,
+        retryable: bool,
+        counted: bool,
+        error: &str,
+    ) -> bool {
+        let Some(&i) = self.index.get(shard_id) else {
+            return false;
+        };
+        self.apply(
+            i,
+            &Event::Failed {
+                attempt,
+                retryable,
+                counted,
+                error: error.to_string(),
+            },
+        )
+    }
+
+    /// A lease given back unfinished.
+    pub fn release(&mut self, shard_id: &str, attempt: u32) -> bool {
+        let Some(&i) = self.index.get(shard_id) else {
+            return false;
+        };
+        self.apply(i, &Event::Released { attempt })
+    }
+
+    /// Expires leases past their deadline.
+    pub fn tick(&mut self, now: Instant) {
+        for i in 0..self.states.len() {
+            self.apply(i, &Event::Tick { now });
+        }
+    }
+
+    /// Whether `shard_id` belongs to this round.
+    pub fn has_shard(&self, shard_id: &str) -> bool {
+        self.index.contains_key(shard_id)
+    }
+
+    /// The round's output location.
+    pub fn output(&self) -> &Location {
+        &self.out
+    }
+
+    /// Reads `_commits/{shard}.json`.
+    pub async fn read_commit(&self, shard_id: &str) -> Result<CommitRecord, RoundError> {
+        read_commit(&self.out, shard_id).await
+    }
+
+    /// Records a commit read from the store.
+    pub fn apply_commit(&mut self, record: CommitRecord) -> bool {
+        let Some(&i) = self.index.get(&record.shard.shard_id) else {
+            return false;
+        };
+        let applied = self.apply(
+            i,
+            &Event::Committed {
+                attempt: record.attempt,
+            },
+        );
+        if applied {
+            self.commits.insert(record.shard.shard_id.clone(), record);
+        }
+        applied
+    }
+
+    /// The manifest of the finished round.
+    pub fn manifest(&self) -> RoundManifest {
+        let mut totals = ShardCounts::default();
+        let mut shards = Vec::with_capacity(self.states.len());
+        for (shard, state) in self.shards() {
+            let commit = self.commits.get(&shard.shard_id);
+            if let Some(c) = commit {
+                totals.add(&c.counts);
+            }
+            shards.push(ShardOutcome {
+                shard: shard.clone(),
+                state: if matches!(state, ShardState::Committed { .. }) {
+                    FinalShardState::Committed
+                } else {
+                    FinalShardState::Quarantined
+                },
+                attempts: state.attempts(),
+                commit: commit.map(|_| commit_path(&shard.shard_id)),
+                counts: commit.map(|c| c.counts.clone()),
+                last_error: state.last_error().map(str::to_string),
+            });
+        }
+        RoundManifest {
+            format_version: RECORD_FORMAT_VERSION,
+            round: self.spec.round,
+            created_unix_ms: unix_ms(),
+            input_url: self.spec.input.clone(),
+            inputs: self.plan.inputs.clone(),
+            mapping: self.spec.mapping.clone(),
+            target_shard_rows: self.spec.target_shard_rows,
+            captioner: self.spec.captioner.clone(),
+            filter: self.spec.filter.clone(),
+            params: self.spec.params.clone(),
+            shards,
+            web_keep_rate: totals.web_keep_rate(),
+            synthetic_keep_rate: totals.synthetic_keep_rate(),
+            totals,
+        }
+    }
+
+    /// Notes that the manifest is in the store.
+    pub fn mark_manifest_written(&mut self) {
+        self.manifest_written = true;
+    }
+}
+
+/// Writes `{round}/_manifest.json`.
+pub async fn write_manifest(out: &Location, manifest: &RoundManifest) -> Result<(), RoundError> {
+    let loc = out.child("_manifest.json");
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| RoundError::BadCommit {
+        path: loc.display.clone(),
+        message: e.to_string(),
+    })?;
+    loc.store
+        .put(&loc.path, PutPayload::from(json))
+        .await
+        .map_err(|source| StoreError::Io {
+            operation: "writing",
+            location: loc.display.clone(),
+            source,
+        })?;
+    tracing::info!(round = manifest.round, manifest = %loc.display, rows = manifest.totals.rows_in, "round manifest written");
+    Ok(())
+}
+
+/// Reads and parses `{round}/_commits/{shard}.json`.
+pub async fn read_commit(out: &Location, shard_id: &str) -> Result<CommitRecord, RoundError> {
+    let loc = out.child(&commit_path(shard_id));
+    let io = |source| StoreError::Io {
+        operation: "reading",
+        location: loc.display.clone(),
+        source,
+    };
+    let bytes = loc
+        .store
+        .get(&loc.path)
+        .await
+        .map_err(io)?
+        .bytes()
+        .await
+        .map_err(io)?;
+    serde_json::from_slice(&bytes).map_err(|e| RoundError::BadCommit {
+        path: loc.display.clone(),
+        message: e.to_string(),
+    })
+}

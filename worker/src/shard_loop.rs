@@ -1,0 +1,799 @@
+//! `capfilt worker`: registers with a coordinator, polls for shard leases (the poll is the
+//! heartbeat), reads each shard's row groups from the object store, runs the CapFilt step, writes
+//! `scored/`, `cleaned/` and `rejects/` under attempt-unique names, and commits with a
+//! create-only `_commits/{shard}.json`. The first commit wins; a late attempt that finds the
+//! record there deletes its own files and reports the conflict.
+//!
+//! The worker asks for one lease more than its compute slots, so the next shard's bytes are
+//! fetched while the current one computes. On shutdown it takes no new work, finishes its
+//! leases (or, past the drain timeout, gives them back) and exits. When the coordinator is
+//! unreachable it retries with backoff; finished shards are committed in the store regardless,
+//! and their reports wait in a queue until the coordinator answers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use capfilt_proto::v1::coordinator_client::CoordinatorClient;
+use capfilt_proto::{PROTOCOL_VERSION, v1};
+use capfilt_schemas::mapping::ColumnMapping;
+use capfilt_schemas::records::{
+    CommitRecord, DataFileRef, RECORD_FORMAT_VERSION, ShardCounts, ShardFiles, ShardRef, ShardStats,
+};
+use capfilt_schemas::store::{self, Location, StoreError};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::bundle::{Bundle, BundleError};
+use crate::engine::{Engine, StepParams};
+use crate::infer::{InferError, ReadOptions, process_reader, provenance_json};
+use crate::output::{Tables, parquet_bytes};
+use crate::preprocess::ImageLimits;
+use crate::runtime::{OrtConfig, OrtRuntime, SessionOptions};
+use crate::sampling::{Decoding, GenerationParams};
+use crate::shard_input::fetch_shard;
+use crate::{Device, EngineError};
+
+/// Worker configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator URL (`http://host:port`).
+    pub coordinator: String,
+    /// This worker's id (unique per process).
+    pub worker_id: String,
+    /// Compute slots: shards processed at once (each with its own sessions).
+    pub slots: u32,
+    /// ONNX Runtime sessions (device, threads).
+    pub session: SessionOptions,
+    /// ONNX Runtime library.
+    pub ort: OrtConfig,
+    /// Bundle cache.
+    pub cache_dir: PathBuf,
+    /// Extra object-store options.
+    pub store_options: Vec<(String, String)>,
+    /// Image limits.
+    pub limits: ImageLimits,
+    /// How long a shutting-down worker keeps working on its leases before giving them back.
+    pub drain_timeout: Duration,
+    /// Longest wait between retries when the coordinator is unreachable.
+    pub max_backoff: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for `coordinator` with a generated worker id.
+    pub fn new(coordinator: impl Into<String>) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        Self {
+            coordinator: coordinator.into(),
+            worker_id: format!(
+                "{host}-{}-{:04x}",
+                std::process::id(),
+                crate::registry_nonce()
+            ),
+            slots: 1,
+            session: SessionOptions::default(),
+            ort: OrtConfig::for_build(),
+            cache_dir: crate::bundle::default_cache_dir(),
+            store_options: Vec::new(),
+            limits: ImageLimits::default(),
+            drain_timeout: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The coordinator URL is unusable.
+    #[error("coordinator URL '{url}': {message}")]
+    BadCoordinator {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The coordinator refused the worker for good (protocol version, bad request).
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
+    /// ONNX Runtime could not be loaded.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSummary {
+    /// Shards this worker committed.
+    pub committed: u64,
+    /// Attempts that lost to an earlier commit.
+    pub conflicts: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Rows processed in committed shards.
+    pub rows: u64,
+}
+
+/// The result of one lease.
+#[derive(Debug)]
+enum Outcome {
+    Committed(Box<v1::CompleteShardRequest>),
+    Failed(v1::FailShardRequest),
+}
+
+struct Active {
+    attempt: u32,
+    rows_done: Arc<AtomicU64>,
+    rows_total: u64,
+    cancel: Arc<AtomicBool>,
+}
+
+type EngineKey = (String, String);
+
+struct Shared {
+    config: WorkerConfig,
+    compute: Semaphore,
+    engines: Mutex<Vec<(EngineKey, Engine)>>,
+    outcomes: Mutex<Vec<Outcome>>,
+    active: Mutex<HashMap<String, Active>>,
+    finished: Notify,
+    summary: Mutex<WorkerSummary>,
+    verified_outputs: Mutex<Vec<String>>,
+}
+
+fn status_is_permanent(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::InvalidArgument)
+        || (s.code() == tonic::Code::FailedPrecondition && s.message().contains("protocol"))
+}
+
+/// Runs a worker until `shutdown` fires and its leases are done (or given back).
+pub async fn run_worker(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkerSummary, WorkerError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| WorkerError::BadCoordinator {
+            url: config.coordinator.clone(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60));
+    let mut client = CoordinatorClient::new(endpoint.connect_lazy());
+    OrtRuntime::init(&config.ort).map_err(EngineError::from)?;
+    let shared = Arc::new(Shared {
+        compute: Semaphore::new(config.slots.max(1) as usize),
+        engines: Mutex::new(Vec::new()),
+        outcomes: Mutex::new(Vec::new()),
+        active: Mutex::new(HashMap::new()),
+        finished: Notify::new(),
+        summary: Mutex::new(WorkerSummary::default()),
+        verified_outputs: Mutex::new(Vec::new()),
+        config,
+    });
+    let cfg = &shared.config;
+    tokio::pin!(shutdown);
+    let mut draining: Option<Instant> = None;
+    let mut registered = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut poll_every: Duration;
+    loop {
+        if draining.is_none() && futures::poll!(&mut shutdown).is_ready() {
+            tracing::info!(worker = %cfg.worker_id, "shutting down: finishing current leases, taking no new work");
+            draining = Some(Instant::now());
+        }
+        if let Some(since) = draining
+            && since.elapsed() >= cfg.drain_timeout
+        {
+            for a in lock(&shared.active).values() {
+                a.cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        // 1. Register (again, e.g. after a coordinator restart).
+        if !registered {
+            let req = v1::RegisterWorkerRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: cfg.worker_id.clone(),
+                device: Some(device_message(cfg.session.device)),
+                slots: cfg.slots.max(1),
+                hostname: std::env::var("HOSTNAME").unwrap_or_default(),
+                build_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            match client.register_worker(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    registered = true;
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(worker = %cfg.worker_id, coordinator = %cfg.coordinator, instance = %r.coordinator_instance, "registered");
+                }
+                Err(s) if status_is_permanent(&s) => {
+                    return Err(WorkerError::Refused(s.message().to_string()));
+                }
+                Err(s) => {
+                    tracing::warn!(error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
+                    if draining.is_some()
+                        && lock(&shared.active).is_empty()
+                        && lock(&shared.outcomes).is_empty()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(cfg.max_backoff);
+                    continue;
+                }
+            }
+        }
+        // 2. Report finished leases (kept until the coordinator has them).
+        let outcomes: Vec<Outcome> = std::mem::take(&mut *lock(&shared.outcomes));
+        let mut unsent = Vec::new();
+        for outcome in outcomes {
+            let sent = match &outcome {
+                Outcome::Committed(req) => client.complete_shard((**req).clone()).await.map(|_| ()),
+                Outcome::Failed(req) => client.fail_shard(req.clone()).await.map(|_| ()),
+            };
+            match sent {
+                Ok(()) => {}
+                // The coordinator no longer knows the lease (restarted, or it expired): the
+                // commit record in the store speaks for itself.
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    registered = false;
+                    unsent.push(outcome);
+                }
+                Err(s) => {
+                    tracing::debug!(error = %s.message(), "report not delivered; keeping it");
+                    unsent.push(outcome);
+                }
+            }
+        }
+        let unreported = !unsent.is_empty();
+        lock(&shared.outcomes).extend(unsent);
+        if !registered {
+            continue;
+        }
+        // 3. Poll: heartbeat for current leases, new leases if there is room.
+        let (leases, free) = {
+            let active = lock(&shared.active);
+            let leases: Vec<v1::LeaseProgress> = active
+                .iter()
+                .map(|(id, a)| v1::LeaseProgress {
+                    shard_id: id.clone(),
+                    attempt: a.attempt,
+                    rows_done: a.rows_done.load(Ordering::Relaxed),
+                    rows_total: a.rows_total,
+                })
+                .collect();
+            // One lease beyond the compute slots: its input is fetched while others compute.
+            let capacity = cfg.slots.max(1) as usize + 1;
+            (leases, capacity.saturating_sub(active.len()) as u32)
+        };
+        if draining.is_some() && leases.is_empty() && !unreported {
+            break;
+        }
+        let poll = v1::PollWorkRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: cfg.worker_id.clone(),
+            free_slots: if draining.is_some() { 0 } else { free },
+            leases,
+            accepting: draining.is_none(),
+        };
+        match client.poll_work(poll).await {
+            Ok(r) => {
+                backoff = Duration::from_millis(100);
+                let r = r.into_inner();
+                for c in r.cancellations {
+                    if let Some(a) = lock(&shared.active).get(&c.shard_id)
+                        && a.attempt == c.attempt
+                    {
+                        tracing::info!(shard = %c.shard_id, attempt = c.attempt, reason = ?c.reason(), "lease cancelled by the coordinator");
+                        a.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                for lease in r.new_leases {
+                    start_lease(&shared, lease);
+                }
+                poll_every = Duration::from_millis(r.next_poll_ms.max(10));
+            }
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition
+                    && !s.message().contains("protocol") =>
+            {
+                registered = false;
+                continue;
+            }
+            Err(s) if status_is_permanent(&s) => {
+                return Err(WorkerError::Refused(s.message().to_string()));
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.max_backoff);
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll_every) => {}
+            _ = shared.finished.notified() => {}
+            _ = &mut shutdown, if draining.is_none() => {
+                tracing::info!(worker = %cfg.worker_id, "shutting down: finishing current leases, taking no new work");
+                draining = Some(Instant::now());
+            }
+        }
+    }
+    let summary = lock(&shared.summary).clone();
+    tracing::info!(worker = %cfg.worker_id, committed = summary.committed, conflicts = summary.conflicts, failed = summary.failed, "worker stopped");
+    Ok(summary)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn device_message(d: Device) -> v1::Device {
+    match d {
+        Device::Cpu => v1::Device {
+            kind: v1::DeviceKind::Cpu.into(),
+            index: 0,
+            description: "cpu".into(),
+        },
+        Device::Cuda(n) => v1::Device {
+            kind: v1::DeviceKind::Cuda.into(),
+            index: n,
+            description: format!("cuda:{n}"),
+        },
+    }
+}
+
+fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
+    let Some(spec) = lease.shard.clone() else {
+        return;
+    };
+    let rows_done = Arc::new(AtomicU64::new(0));
+    let cancel = Arc::new(AtomicBool::new(false));
+    lock(&shared.active).insert(
+        spec.shard_id.clone(),
+        Active {
+            attempt: lease.attempt,
+            rows_done: rows_done.clone(),
+            rows_total: spec.num_rows,
+            cancel: cancel.clone(),
+        },
+    );
+    tracing::info!(shard = %spec.shard_id, attempt = lease.attempt, rows = spec.num_rows, "lease started");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let shard_id = spec.shard_id.clone();
+        let attempt = lease.attempt;
+        let result = run_lease(&shared, &lease, rows_done, cancel.clone()).await;
+        let worker_id = shared.config.worker_id.clone();
+        let outcome = match result {
+            Ok(LeaseResult::Committed(req)) => {
+                let mut s = lock(&shared.summary);
+                s.committed += 1;
+                s.rows += req.counts.as_ref().map_or(0, |c| c.rows_in);
+                Some(Outcome::Committed(req))
+            }
+            Ok(LeaseResult::Conflict) => {
+                lock(&shared.summary).conflicts += 1;
+                Some(Outcome::Failed(v1::FailShardRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    worker_id,
+                    shard_id: shard_id.clone(),
+                    attempt,
+                    kind: v1::FailureKind::CommitConflict.into(),
+                    error: "another attempt committed this shard first".into(),
+                    retryable: false,
+                    count_to_failures: false,
+                }))
+            }
+            Err(f) if f.kind == v1::FailureKind::Released => {
+                Some(Outcome::Failed(v1::FailShardRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    worker_id,
+                    shard_id: shard_id.clone(),
+                    attempt,
+                    kind: f.kind.into(),
+                    error: f.error,
+                    retryable: true,
+                    count_to_failures: false,
+                }))
+            }
+            Err(f) => {
+                lock(&shared.summary).failed += 1;
+                tracing::warn!(shard = %shard_id, attempt, kind = ?f.kind, error = %f.error, "shard attempt failed");
+                Some(Outcome::Failed(v1::FailShardRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    worker_id,
+                    shard_id: shard_id.clone(),
+                    attempt,
+                    kind: f.kind.into(),
+                    error: f.error,
+                    retryable: f.retryable,
+                    count_to_failures: true,
+                }))
+            }
+        };
+        lock(&shared.active).remove(&shard_id);
+        if let Some(o) = outcome {
+            lock(&shared.outcomes).push(o);
+        }
+        shared.finished.notify_one();
+    });
+}
+
+enum LeaseResult {
+    Committed(Box<v1::CompleteShardRequest>),
+    Conflict,
+}
+
+struct Failure {
+    kind: v1::FailureKind,
+    error: String,
+    retryable: bool,
+}
+
+fn fail(kind: v1::FailureKind, error: impl std::fmt::Display) -> Failure {
+    Failure {
+        kind,
+        error: error.to_string(),
+        retryable: true,
+    }
+}
+
+fn step_params(lease: &v1::ShardLease) -> StepParams {
+    let p = lease.params.clone().unwrap_or_default();
+    let d = GenerationParams::default();
+    let or = |v: f32, dflt: f32| if v > 0.0 { v } else { dflt };
+    let oru = |v: u32, dflt: usize| if v > 0 { v as usize } else { dflt };
+    StepParams {
+        generation: GenerationParams {
+            decoding: match p.decoding() {
+                v1::Decoding::Greedy => Decoding::Greedy,
+                v1::Decoding::Beam => Decoding::Beam,
+                _ => Decoding::Nucleus,
+            },
+            top_p: or(p.top_p, d.top_p),
+            temperature: or(p.temperature, d.temperature),
+            num_beams: oru(p.num_beams, d.num_beams),
+            repetition_penalty: or(p.repetition_penalty, d.repetition_penalty),
+            min_length: if p.max_length > 0 {
+                p.min_length as usize
+            } else {
+                d.min_length
+            },
+            max_length: oru(p.max_length, d.max_length),
+            candidates: oru(p.candidates, d.candidates),
+            length_penalty: d.length_penalty,
+        },
+        threshold: if p.threshold > 0.0 { p.threshold } else { 0.5 },
+        itm_batch: 64,
+        round: lease.round,
+    }
+}
+
+fn mapping(lease: &v1::ShardLease) -> ColumnMapping {
+    match &lease.mapping {
+        None => ColumnMapping::img2dataset(),
+        Some(m) => {
+            let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            ColumnMapping {
+                key: opt(&m.key),
+                url: opt(&m.url),
+                caption: m.caption.clone(),
+                image: opt(&m.image),
+            }
+        }
+    }
+}
+
+async fn run_lease(
+    shared: &Arc<Shared>,
+    lease: &v1::ShardLease,
+    rows_done: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+) -> Result<LeaseResult, Failure> {
+    use v1::FailureKind as K;
+    let cfg = &shared.config;
+    let spec = lease.shard.clone().unwrap_or_default();
+    let cap_ref = lease.captioner.clone().unwrap_or_default();
+    let fil_ref = lease.filter.clone().unwrap_or_default();
+    let load = |e: BundleError| fail(K::ModelLoad, e);
+    let cap = Bundle::fetch(&cap_ref.url, &cfg.cache_dir, &cfg.store_options)
+        .await
+        .map_err(load)?;
+    let fil = Bundle::fetch(&fil_ref.url, &cfg.cache_dir, &cfg.store_options)
+        .await
+        .map_err(load)?;
+    for (b, r) in [(&cap, &cap_ref), (&fil, &fil_ref)] {
+        if !r.bundle_json_sha256.is_empty() && b.sha256 != r.bundle_json_sha256 {
+            return Err(Failure {
+                retryable: false,
+                ..fail(
+                    K::ModelLoad,
+                    format!(
+                        "bundle {} has sha256 {}, the round expects {}",
+                        b.source, b.sha256, r.bundle_json_sha256
+                    ),
+                )
+            });
+        }
+    }
+    // Fetch the shard's bytes before taking a compute slot: this is the read-ahead.
+    let t = Instant::now();
+    let input =
+        store::resolve(&spec.file_url, &cfg.store_options).map_err(|e| fail(K::InputRead, e))?;
+    let first = spec.first_row_group as usize;
+    let groups = first..first + spec.num_row_groups as usize;
+    let sparse = fetch_shard(&input, spec.file_size, groups.clone())
+        .await
+        .map_err(|e| fail(K::InputRead, e))?;
+    let read_ms = t.elapsed().as_millis() as u64;
+    let permit = shared
+        .compute
+        .acquire()
+        .await
+        .map_err(|e| fail(K::Internal, e))?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(fail(K::Released, "lease cancelled before it started"));
+    }
+    let key: EngineKey = (cap.sha256.clone(), fil.sha256.clone());
+    let params = step_params(lease);
+    let pooled = {
+        let mut engines = lock(&shared.engines);
+        engines
+            .iter()
+            .position(|(k, _)| *k == key)
+            .map(|i| engines.swap_remove(i).1)
+    };
+    let session = cfg.session;
+    let ort = cfg.ort.clone();
+    let (cap2, fil2) = (cap.clone(), fil.clone());
+    let read = ReadOptions {
+        mapping: mapping(lease),
+        batch_size: lease
+            .params
+            .as_ref()
+            .map_or(32, |p| p.batch_size.max(1) as usize),
+        queue_depth: 2,
+        limits: cfg.limits,
+        with_images: false,
+        cancel: Some(cancel.clone()),
+        progress: Some(rows_done),
+    };
+    let source = spec.file_url.clone();
+    let computed = tokio::task::spawn_blocking(move || {
+        let mut engine = match pooled {
+            Some(e) => e,
+            None => {
+                let rt = OrtRuntime::init(&ort).map_err(EngineError::from)?;
+                Engine::load(rt, &cap2, &fil2, &session, params.clone())?
+            }
+        };
+        engine.params = params;
+        let result = process_reader(sparse, &source, Some(groups), &mut engine, &read);
+        Ok::<_, InferError>((engine, result))
+    })
+    .await
+    .map_err(|e| fail(K::Internal, format!("shard task panicked: {e}")))?;
+    drop(permit);
+    let (engine, result) = computed.map_err(|e| fail(K::ModelLoad, e))?;
+    lock(&shared.engines).push((key, engine));
+    let (tables, mut stats) = match result {
+        Ok(r) => r,
+        Err(InferError::Cancelled) => return Err(fail(K::Released, "lease cancelled")),
+        Err(e @ (InferError::Input { .. } | InferError::Schema(_))) => {
+            return Err(fail(K::InputRead, e));
+        }
+        Err(e) => return Err(fail(K::Inference, e)),
+    };
+    stats.read_ms = read_ms;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(fail(K::Released, "lease cancelled"));
+    }
+    let out = store::resolve(&lease.output_url, &cfg.store_options)
+        .map_err(|e| fail(K::OutputWrite, e))?;
+    let verified = lock(&shared.verified_outputs).contains(&lease.output_url);
+    if !verified {
+        // Exactly-once depends on create-only commits: refuse a store that ignores them.
+        store::verify_create_only(&out).await.map_err(|e| Failure {
+            retryable: false,
+            ..fail(K::OutputWrite, e)
+        })?;
+        lock(&shared.verified_outputs).push(lease.output_url.clone());
+    }
+    let provenance = provenance_json(&cap, &fil, &step_params(lease));
+    let shard = ShardRef {
+        shard_id: spec.shard_id.clone(),
+        file: spec.file_url.clone(),
+        first_row_group: spec.first_row_group,
+        num_row_groups: spec.num_row_groups,
+        first_row: spec.first_row,
+        num_rows: spec.num_rows,
+    };
+    commit_shard(
+        &out,
+        lease.round,
+        &shard,
+        lease.attempt,
+        &cfg.worker_id,
+        tables,
+        stats,
+        &provenance,
+        &cap.sha256,
+        &fil.sha256,
+    )
+    .await
+    .map_err(|e| fail(K::OutputWrite, e))
+}
+
+/// Writes a shard's three tables under attempt-unique names and commits them with a create-only
+/// `_commits/{shard}.json`; a conflict deletes the files again.
+#[allow(clippy::too_many_arguments)]
+async fn commit_shard(
+    out: &Location,
+    round: u32,
+    shard: &ShardRef,
+    attempt: u32,
+    worker_id: &str,
+    tables: Tables,
+    mut stats: ShardStats,
+    provenance: &str,
+    captioner_sha256: &str,
+    filter_sha256: &str,
+) -> Result<LeaseResult, StoreError> {
+    let t = Instant::now();
+    let io = |operation, location: &Location| {
+        let location = location.display.clone();
+        move |source| StoreError::Io {
+            operation,
+            location,
+            source,
+        }
+    };
+    let worker_tag: String = worker_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut written = Vec::new();
+    let mut refs = Vec::new();
+    for (table, batch) in [
+        ("scored", &tables.scored),
+        ("cleaned", &tables.cleaned),
+        ("rejects", &tables.rejects),
+    ] {
+        let name = format!(
+            "{table}/part-{}-{attempt}-{worker_tag}.parquet",
+            shard.shard_id
+        );
+        let loc = out.child(&name);
+        let bytes = parquet_bytes(batch, provenance).map_err(|e| StoreError::BadLocation {
+            location: loc.display.clone(),
+            message: format!("encoding Parquet: {e}"),
+        })?;
+        let size = bytes.len() as u64;
+        loc.store
+            .put(&loc.path, PutPayload::from(bytes))
+            .await
+            .map_err(io("writing", &loc))?;
+        written.push(loc);
+        refs.push(DataFileRef {
+            path: name,
+            rows: batch.num_rows() as u64,
+            bytes: size,
+        });
+    }
+    stats.write_ms = t.elapsed().as_millis() as u64;
+    let [scored, cleaned, rejects]: [DataFileRef; 3] =
+        refs.try_into().map_err(|_| StoreError::BadLocation {
+            location: out.display.clone(),
+            message: "internal: three output files expected".into(),
+        })?;
+    let counts: ShardCounts = tables.counts.clone();
+    let record = CommitRecord {
+        format_version: RECORD_FORMAT_VERSION,
+        round,
+        shard: shard.clone(),
+        attempt,
+        worker_id: worker_id.to_string(),
+        committed_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        captioner_sha256: captioner_sha256.to_string(),
+        filter_sha256: filter_sha256.to_string(),
+        files: ShardFiles {
+            scored,
+            cleaned,
+            rejects,
+        },
+        counts,
+        stats: stats.clone(),
+    };
+    let commit_name = format!("_commits/{}.json", shard.shard_id);
+    let commit = out.child(&commit_name);
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::BadLocation {
+        location: commit.display.clone(),
+        message: e.to_string(),
+    })?;
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match commit
+        .store
+        .put_opts(&commit.path, PutPayload::from(json), opts)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(shard = %shard.shard_id, attempt, rows = record.counts.rows_in, "shard committed");
+            Ok(LeaseResult::Committed(Box::new(v1::CompleteShardRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: worker_id.to_string(),
+                commit: Some(v1::CommitRecord {
+                    shard_id: shard.shard_id.clone(),
+                    attempt,
+                    worker_id: worker_id.to_string(),
+                    scored: Some(data_file(&record.files.scored)),
+                    cleaned: Some(data_file(&record.files.cleaned)),
+                    rejects: Some(data_file(&record.files.rejects)),
+                    commit_path: commit_name,
+                }),
+                counts: Some(counts_message(&record.counts)),
+                stats: Some(v1::ShardStats {
+                    wall_ms: stats.wall_ms,
+                    read_ms: stats.read_ms,
+                    decode_ms: stats.decode_ms,
+                    caption_ms: stats.caption_ms,
+                    filter_ms: stats.filter_ms,
+                    write_ms: stats.write_ms,
+                }),
+            })))
+        }
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            tracing::info!(shard = %shard.shard_id, attempt, "another attempt committed first; deleting this attempt's files");
+            for loc in written {
+                if let Err(e) = loc.store.delete(&loc.path).await {
+                    tracing::warn!(file = %loc.display, error = %e, "could not delete a losing attempt's file");
+                }
+            }
+            Ok(LeaseResult::Conflict)
+        }
+        Err(source) => Err(StoreError::Io {
+            operation: "committing",
+            location: commit.display.clone(),
+            source,
+        }),
+    }
+}
+
+fn data_file(f: &DataFileRef) -> v1::DataFile {
+    v1::DataFile {
+        path: f.path.clone(),
+        rows: f.rows,
+        bytes: f.bytes,
+    }
+}
+
+fn counts_message(c: &ShardCounts) -> v1::ShardCounts {
+    v1::ShardCounts {
+        rows_in: c.rows_in,
+        rows_scored: c.rows_scored,
+        rows_rejected: c.rows_rejected,
+        web_texts: c.web_texts,
+        web_kept: c.web_kept,
+        synthetic_texts: c.synthetic_texts,
+        synthetic_kept: c.synthetic_kept,
+        rejects_by_reason: c
+            .rejects_by_reason
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), *v))
+            .collect(),
+    }
+}
