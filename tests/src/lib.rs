@@ -1,6 +1,8 @@
 //! Helpers for capfilt's cross-crate tests: an in-process coordinator on `127.0.0.1:0` and a
 //! gRPC client connected to it.
 
+pub mod round;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

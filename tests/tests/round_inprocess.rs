@@ -1,0 +1,347 @@
+//! A CapFilt round in one process: a coordinator and 3 workers over real gRPC on 127.0.0.1:0,
+//! on the local filesystem and on a real S3-compatible server (moto) on loopback; a poison
+//! shard is quarantined; a store that ignores create-only PUTs is refused.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use capfilt_coordinator::{CoordinatorService, Round, RoundError, RoundSpec, Timing};
+use capfilt_schemas::records::{FinalShardState, RoundManifest};
+use capfilt_schemas::store;
+use capfilt_tests::round::*;
+use capfilt_worker::shard_loop::run_worker;
+use futures_free::collect_objects;
+use tokio::sync::watch;
+
+/// Runs `spec` with `workers` in-process workers until the manifest is written.
+async fn run_round(spec: RoundSpec, workers: usize, cache: &Path) -> RoundManifest {
+    let store_options = spec.store_options.clone();
+    let round = Round::open(spec).await.expect("open round");
+    let service = CoordinatorService::with_round(
+        Timing {
+            poll_interval: Duration::from_millis(50),
+            lease_timeout: Duration::from_secs(5),
+        },
+        round,
+    );
+    let mut done = service.subscribe_done();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stop_rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let coordinator = tokio::spawn(capfilt_coordinator::run(
+        service,
+        listener,
+        wait(stop_rx.clone()),
+    ));
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let config = worker_config(&url, &format!("w{i}"), cache, store_options.clone());
+            tokio::spawn(run_worker(config, wait(stop_rx.clone())))
+        })
+        .collect();
+    let manifest = tokio::time::timeout(Duration::from_secs(300), done.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|m| m.clone()));
+    let finished = manifest.is_some();
+    let _ = stop.send(true);
+    let mut committed = 0;
+    for h in handles {
+        let summary = h.await.expect("worker task").expect("worker");
+        committed += summary.committed;
+    }
+    coordinator
+        .await
+        .expect("coordinator task")
+        .expect("coordinator");
+    assert!(finished, "the round did not finish within 300 s");
+    let manifest = manifest.expect("manifest");
+    assert_eq!(
+        committed as usize,
+        manifest
+            .shards
+            .iter()
+            .filter(|s| s.state == FinalShardState::Committed)
+            .count(),
+        "each committed shard was committed by exactly one worker"
+    );
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_process_every_row_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 3, 90, 30);
+    let out = tmp.path().join("out/round-0001");
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        60,
+        Vec::new(),
+    );
+    let manifest = run_round(spec, 3, &tmp.path().join("cache")).await;
+    assert_eq!(manifest.shards.len(), 6, "3 files x (60 + 30 rows)");
+    assert!(manifest.quarantined().next().is_none());
+    assert_exactly_once(&data, &out, &manifest, &BTreeSet::new());
+    assert_eq!(manifest.totals.rows_rejected as usize, data.corrupt.len());
+    let on_disk: RoundManifest =
+        serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(on_disk.totals, manifest.totals);
+    assert!(manifest.web_keep_rate.is_some() && manifest.synthetic_keep_rate.is_some());
+
+    // Re-opening the finished round finds every shard committed: nothing to redo.
+    let again = Round::open(round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        60,
+        Vec::new(),
+    ))
+    .await
+    .expect("reopen");
+    assert!(again.is_done());
+    assert_eq!(again.count("committed"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_that_fails_every_attempt_is_quarantined_and_the_round_completes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 2, 60, 30);
+    let poisoned = data.dir.join("part-00001.parquet");
+    corrupt_row_group(&poisoned, 1);
+    let out = tmp.path().join("out/round-0001");
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        30,
+        Vec::new(),
+    );
+    let manifest = run_round(spec, 2, &tmp.path().join("cache")).await;
+    let q: Vec<_> = manifest.quarantined().collect();
+    assert_eq!(q.len(), 1, "{:?}", manifest.shards);
+    assert_eq!(q[0].shard.shard_id, "f00001-g00001");
+    assert_eq!(q[0].attempts, 3, "quarantined after max_failures attempts");
+    assert!(q[0].last_error.as_deref().is_some_and(|e| !e.is_empty()));
+    let lost: BTreeSet<String> = data
+        .keys
+        .iter()
+        .filter(|k| k.starts_with("01-"))
+        .skip(30)
+        .cloned()
+        .collect();
+    assert_eq!(lost.len(), 30);
+    assert_exactly_once(&data, &out, &manifest, &lost);
+}
+
+#[tokio::test]
+async fn a_schema_that_does_not_fit_the_mapping_stops_the_plan() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 1, 10, 10);
+    let mut spec = round_spec(
+        &data.dir.display().to_string(),
+        &tmp.path().join("out").display().to_string(),
+        10,
+        Vec::new(),
+    );
+    spec.mapping = capfilt_schemas::mapping::ColumnMapping::laion();
+    let err = Round::open(spec)
+        .await
+        .expect_err("laion columns are not in the file");
+    let msg = err.to_string();
+    assert!(matches!(err, RoundError::Plan(_)), "{msg}");
+    assert!(
+        msg.contains("part-00000.parquet") && msg.contains("TEXT"),
+        "{msg}"
+    );
+}
+
+// --- S3 (moto on loopback) ---------------------------------------------------------------
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server on port {port} exited: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn moto() -> (Server, u16) {
+    let bin = repo().join(".venv/bin/moto_server");
+    assert!(
+        bin.exists(),
+        "{} missing: run scripts/setup.sh (installs moto[server])",
+        bin.display()
+    );
+    let port = free_port();
+    let mut child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server");
+    wait_for_port(port, &mut child);
+    (Server(child), port)
+}
+
+fn create_bucket(port: u16, bucket: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+}
+
+fn s3_options(port: u16) -> Vec<(String, String)> {
+    [
+        ("aws_endpoint", format!("http://127.0.0.1:{port}")),
+        ("aws_allow_http", "true".into()),
+        ("aws_access_key_id", "test".into()),
+        ("aws_secret_access_key", "test".into()),
+        ("aws_region", "us-east-1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+mod futures_free {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    /// Copies every object under `prefix` into `dest`.
+    pub async fn collect_objects(prefix: &store::Location, dest: &Path) {
+        use futures::TryStreamExt;
+        let listed: Vec<object_store::ObjectMeta> = prefix
+            .store
+            .list(Some(&prefix.path))
+            .try_collect()
+            .await
+            .expect("list");
+        for meta in listed {
+            let rel = meta
+                .location
+                .as_ref()
+                .strip_prefix(prefix.path.as_ref())
+                .unwrap_or(meta.location.as_ref());
+            let path = dest.join(rel.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            let bytes = prefix
+                .store
+                .get(&meta.location)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("bytes");
+            std::fs::write(path, bytes).expect("write");
+        }
+    }
+
+    /// Uploads every file of `dir` under `prefix`.
+    pub async fn upload(dir: &Path, prefix: &store::Location) {
+        for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let loc = prefix.child(&name);
+            let bytes = std::fs::read(entry.path()).expect("read");
+            loc.store
+                .put(&loc.path, object_store::PutPayload::from(bytes))
+                .await
+                .expect("put");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_round_runs_against_an_s3_compatible_server() {
+    let (_moto, port) = moto();
+    create_bucket(port, "capfilt");
+    let options = s3_options(port);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 2, 60, 30);
+    let input = store::resolve("s3://capfilt/web", &options).expect("input");
+    futures_free::upload(&data.dir, &input).await;
+    let spec = round_spec(
+        "s3://capfilt/web",
+        "s3://capfilt/out/round-0001",
+        30,
+        options.clone(),
+    );
+    let manifest = run_round(spec, 3, &tmp.path().join("cache")).await;
+    let local: PathBuf = tmp.path().join("downloaded");
+    let out = store::resolve("s3://capfilt/out/round-0001", &options).expect("output");
+    collect_objects(&out, &local).await;
+    assert!(local.join("_manifest.json").is_file());
+    assert_exactly_once(&data, &local, &manifest, &BTreeSet::new());
+    assert!(
+        manifest
+            .shards
+            .iter()
+            .all(|s| s.shard.file.starts_with("s3://capfilt/web/"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ignores_create_only_puts_is_refused_at_start_up() {
+    let (_moto, port) = moto();
+    create_bucket(port, "capfilt");
+    let proxy_port = free_port();
+    let mut child = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/support/strip_conditional_proxy.py"))
+        .args([proxy_port.to_string(), port.to_string()])
+        .spawn()
+        .expect("proxy");
+    wait_for_port(proxy_port, &mut child);
+    let _proxy = Server(child);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 1, 10, 10);
+    // Through moto itself, create-only works.
+    let direct = store::resolve("s3://capfilt/out", &s3_options(port)).expect("direct");
+    store::verify_create_only(&direct)
+        .await
+        .expect("moto honours If-None-Match");
+    // Through the proxy, the coordinator refuses the output store with a clear message.
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        "s3://capfilt/out/round-0001",
+        10,
+        s3_options(proxy_port),
+    );
+    let err = Round::open(spec).await.expect_err("must refuse");
+    let msg = err.to_string();
+    assert!(msg.contains("create-only"), "{msg}");
+    // And so does the worker's check (the same function guards its first commit).
+    let proxied = store::resolve("s3://capfilt/out", &s3_options(proxy_port)).expect("proxied");
+    assert!(store::verify_create_only(&proxied).await.is_err());
+}
