@@ -423,8 +423,12 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
     });
 }
 
-enum LeaseResult {
+/// How a commit attempt ended.
+#[derive(Debug)]
+pub enum LeaseResult {
+    /// This attempt's commit record was created; the report for the coordinator.
     Committed(Box<v1::CompleteShardRequest>),
+    /// Another attempt had committed first; this attempt's files were deleted.
     Conflict,
 }
 
@@ -631,7 +635,7 @@ async fn run_lease(
 /// Writes a shard's three tables under attempt-unique names and commits them with a create-only
 /// `_commits/{shard}.json`; a conflict deletes the files again.
 #[allow(clippy::too_many_arguments)]
-async fn commit_shard(
+pub async fn commit_shard(
     out: &Location,
     round: u32,
     shard: &ShardRef,
