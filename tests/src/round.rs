@@ -62,7 +62,7 @@ pub fn write_dataset(dir: &Path, files: usize, rows_per_file: usize, group_rows:
         let mut images: Vec<Option<Vec<u8>>> = Vec::new();
         for r in 0..rows_per_file {
             let index = (f * rows_per_file + r) as u64;
-            let row = make_row(&config, Split::Web, index, index % 3 == 0).expect("row");
+            let row = make_row(&config, Split::Web, index, index.is_multiple_of(3)).expect("row");
             let key = format!("{f:02}-{}", row.key);
             if index % 17 == 5 {
                 corrupt.insert(key.clone());
