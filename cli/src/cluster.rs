@@ -169,7 +169,7 @@ pub struct WorkerArgs {
     /// Seconds a shutting-down worker keeps working on its leases before giving them back [default: 300].
     #[arg(long)]
     pub drain_timeout_s: Option<u64>,
-    /// TOML config file ([worker] and [store] apply).
+    /// TOML config file (its worker and store tables apply).
     #[arg(long, env = "CAPFILT_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]

@@ -248,7 +248,7 @@ pub struct InferArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// TOML config file ([capfilt], [worker], [store] and columns apply here).
+    /// TOML config file (its capfilt, worker and store tables and columns apply here).
     #[arg(long, env = "CAPFILT_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]

@@ -20,7 +20,7 @@ pub struct CoordinatorArgs {
     /// Lease timeout in milliseconds: a lease not extended by a heartbeat within it is taken back [default: 60000].
     #[arg(long, value_name = "MS", env = "CAPFILT_LEASE_TIMEOUT_MS")]
     lease_timeout_ms: Option<u64>,
-    /// TOML config file (input, output, bundles, [capfilt], [coordinator], [store]).
+    /// TOML config file (input, output, bundles, and its capfilt, coordinator and store tables).
     #[arg(long, env = "CAPFILT_CONFIG")]
     config: Option<std::path::PathBuf>,
     /// Exit once the round's manifest is written (default: keep serving status until stopped).
