@@ -15,7 +15,6 @@ use capfilt_schemas::records::{
 };
 use capfilt_schemas::store::{self, Location, StoreError};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::planner::{self, Plan, PlanError};
 use crate::registry::unix_ms;
@@ -400,14 +399,7 @@ pub async fn write_manifest(out: &Location, manifest: &RoundManifest) -> Result<
         path: loc.display.clone(),
         message: e.to_string(),
     })?;
-    loc.store
-        .put(&loc.path, PutPayload::from(json))
-        .await
-        .map_err(|source| StoreError::Io {
-            operation: "writing",
-            location: loc.display.clone(),
-            source,
-        })?;
+    loc.put_bytes(json).await?;
     tracing::info!(round = manifest.round, manifest = %loc.display, rows = manifest.totals.rows_in, "round manifest written");
     Ok(())
 }
@@ -415,19 +407,7 @@ pub async fn write_manifest(out: &Location, manifest: &RoundManifest) -> Result<
 /// Reads and parses `{round}/_commits/{shard}.json`.
 pub async fn read_commit(out: &Location, shard_id: &str) -> Result<CommitRecord, RoundError> {
     let loc = out.child(&commit_path(shard_id));
-    let io = |source| StoreError::Io {
-        operation: "reading",
-        location: loc.display.clone(),
-        source,
-    };
-    let bytes = loc
-        .store
-        .get(&loc.path)
-        .await
-        .map_err(io)?
-        .bytes()
-        .await
-        .map_err(io)?;
+    let bytes = loc.get_bytes().await?;
     serde_json::from_slice(&bytes).map_err(|e| RoundError::BadCommit {
         path: loc.display.clone(),
         message: e.to_string(),

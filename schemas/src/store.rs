@@ -92,6 +92,32 @@ pub fn resolve(location: &str, options: &[(String, String)]) -> Result<Location,
 }
 
 impl Location {
+    /// Writes `bytes` to this object (overwriting).
+    pub async fn put_bytes(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        use object_store::{ObjectStoreExt, PutPayload};
+        self.store
+            .put(&self.path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Io {
+                operation: "writing",
+                location: self.display.clone(),
+                source,
+            })
+    }
+
+    /// Reads this whole object.
+    pub async fn get_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        use object_store::ObjectStoreExt;
+        let io = |source| StoreError::Io {
+            operation: "reading",
+            location: self.display.clone(),
+            source,
+        };
+        let got = self.store.get(&self.path).await.map_err(io)?;
+        Ok(got.bytes().await.map_err(io)?.to_vec())
+    }
+
     /// The location of `name` under this prefix.
     pub fn child(&self, name: &str) -> Location {
         let mut path = self.path.clone();

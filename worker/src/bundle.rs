@@ -10,7 +10,6 @@ use std::path::{Component, Path, PathBuf};
 
 use capfilt_schemas::SchemaError;
 use capfilt_schemas::bundle::{BUNDLE_MANIFEST_FILE, BundleKind, BundleManifest};
-use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 
 use crate::text::{BlipTokenizer, TextError};
@@ -278,16 +277,8 @@ impl Bundle {
     }
 }
 
-async fn get_bytes(loc: &store::Location) -> Result<bytes::Bytes, BundleError> {
-    let io = |source| {
-        BundleError::Store(StoreError::Io {
-            operation: "reading",
-            location: loc.display.clone(),
-            source,
-        })
-    };
-    let got = loc.store.get(&loc.path).await.map_err(io)?;
-    got.bytes().await.map_err(io)
+async fn get_bytes(loc: &store::Location) -> Result<Vec<u8>, BundleError> {
+    Ok(loc.get_bytes().await?)
 }
 
 /// The default bundle cache: `$CAPFILT_CACHE`, else `$XDG_CACHE_HOME/capfilt`, else

@@ -16,7 +16,6 @@ use capfilt_schemas::bundle::Preprocessing;
 use capfilt_schemas::mapping::ColumnMapping;
 use capfilt_schemas::outputs::RejectReason;
 use capfilt_schemas::records::{ShardCounts, ShardStats};
-use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::ChunkReader;
 use rayon::prelude::*;
@@ -347,19 +346,7 @@ async fn local_copy(
     if let Some(local) = loc.local {
         return Ok(local);
     }
-    let io = |source| StoreError::Io {
-        operation: "reading",
-        location: location.to_string(),
-        source,
-    };
-    let bytes = loc
-        .store
-        .get(&loc.path)
-        .await
-        .map_err(io)?
-        .bytes()
-        .await
-        .map_err(io)?;
+    let bytes = loc.get_bytes().await?;
     let dir = cache_dir.join("inputs");
     std::fs::create_dir_all(&dir).map_err(|e| InferError::Input {
         file: location.to_string(),
@@ -424,14 +411,7 @@ pub async fn run_infer(config: InferConfig) -> Result<InferSummary, InferError> 
             location: loc.display.clone(),
             message: e.to_string(),
         })?;
-        loc.store
-            .put(&loc.path, PutPayload::from(bytes))
-            .await
-            .map_err(|source| StoreError::Io {
-                operation: "writing",
-                location: loc.display.clone(),
-                source,
-            })?;
+        loc.put_bytes(bytes).await?;
         files.push(loc.display);
     }
     stats.write_ms = t.elapsed().as_millis() as u64;

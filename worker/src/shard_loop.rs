@@ -648,14 +648,6 @@ pub async fn commit_shard(
     filter_sha256: &str,
 ) -> Result<LeaseResult, StoreError> {
     let t = Instant::now();
-    let io = |operation, location: &Location| {
-        let location = location.display.clone();
-        move |source| StoreError::Io {
-            operation,
-            location,
-            source,
-        }
-    };
     let worker_tag: String = worker_id
         .chars()
         .map(|c| {
@@ -683,10 +675,7 @@ pub async fn commit_shard(
             message: format!("encoding Parquet: {e}"),
         })?;
         let size = bytes.len() as u64;
-        loc.store
-            .put(&loc.path, PutPayload::from(bytes))
-            .await
-            .map_err(io("writing", &loc))?;
+        loc.put_bytes(bytes).await?;
         written.push(loc);
         refs.push(DataFileRef {
             path: name,
