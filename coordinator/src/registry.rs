@@ -23,6 +23,10 @@ pub struct WorkerEntry {
     pub free_slots: u32,
     /// False once the worker drains (SIGTERM).
     pub accepting: bool,
+    /// When it registered.
+    pub registered: Instant,
+    /// Rows of the shards it committed.
+    pub rows_committed: u64,
 }
 
 /// Registered workers by id.
@@ -51,6 +55,8 @@ impl Registry {
             last_seen_unix_ms: now_ms,
             leases: Vec::new(),
             accepting: true,
+            registered: now,
+            rows_committed: 0,
         };
         self.workers
             .insert(entry.info.worker_id.clone(), entry)
@@ -66,6 +72,13 @@ impl Registry {
         entry.free_slots = poll.free_slots;
         entry.accepting = poll.accepting;
         Some(entry)
+    }
+
+    /// Adds `rows` to what `worker_id` has committed.
+    pub fn add_committed(&mut self, worker_id: &str, rows: u64) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.rows_committed += rows;
+        }
     }
 
     /// Whether `worker_id` is registered.

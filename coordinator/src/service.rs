@@ -192,8 +192,10 @@ impl CoordinatorService {
                 build_version: w.info.build_version.clone(),
                 registered_unix_ms: w.registered_unix_ms,
                 last_seen_unix_ms: w.last_seen_unix_ms,
-                rows_done: w.leases.iter().map(|l| l.rows_done).sum(),
-                rows_per_s: 0.0,
+                rows_done: w.rows_committed + w.leases.iter().map(|l| l.rows_done).sum::<u64>(),
+                rows_per_s: (w.rows_committed + w.leases.iter().map(|l| l.rows_done).sum::<u64>())
+                    as f64
+                    / w.registered.elapsed().as_secs_f64().max(1e-3),
             })
             .collect();
         drop(registry);
@@ -388,6 +390,10 @@ impl Coordinator for CoordinatorService {
             ))
         })?;
         let winner = record.attempt;
+        if record.worker_id == req.worker_id {
+            self.registry()
+                .add_committed(&req.worker_id, record.counts.rows_in);
+        }
         if let Some(mut r) = self.round() {
             r.apply_commit(record);
         }

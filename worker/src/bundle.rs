@@ -204,9 +204,11 @@ impl Bundle {
             return Self::open_as(&final_dir, location);
         }
         let manifest = BundleManifest::from_json(location, &String::from_utf8_lossy(&json))?;
-        let tmp = cache_dir
-            .join("bundles")
-            .join(format!(".{key}.{}.partial", std::process::id()));
+        let tmp = cache_dir.join("bundles").join(format!(
+            ".{key}.{}-{}.partial",
+            std::process::id(),
+            next_download()
+        ));
         let cache_err = |path: &Path, source| BundleError::Cache {
             path: path.display().to_string(),
             source,
@@ -279,6 +281,13 @@ impl Bundle {
 
 async fn get_bytes(loc: &store::Location) -> Result<Vec<u8>, BundleError> {
     Ok(loc.get_bytes().await?)
+}
+
+/// A process-unique number for temporary download folders (workers in one process may fetch
+/// the same bundle at once).
+fn next_download() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The default bundle cache: `$CAPFILT_CACHE`, else `$XDG_CACHE_HOME/capfilt`, else
