@@ -235,73 +235,118 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub bootstrap: crate::rounds::BootstrapArgs,
+    #[command(flatten)]
     pub options: CapfiltOptions,
 }
 
-/// Runs `capfilt run`: a coordinator and N workers in this process.
+/// Runs `capfilt run`: a coordinator and N workers in this process, for one round or, with
+/// `--rounds N`, for rounds 1..N with the trainer stage between them.
 pub fn run(args: RunArgs) -> CliResult {
     let file = FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
+        let rounds = args.bootstrap.rounds.or(file.bootstrap.rounds).unwrap_or(1);
+        if rounds > 1 || args.bootstrap.rounds.is_some() {
+            return crate::rounds::run_rounds(&args, &file, rounds).await;
+        }
         let round = args.options.round.or(file.round).unwrap_or(1);
         let (spec, _) = round_spec(&args.round_args, &args.options, &file, round).await?;
-        let round_out = spec.output.clone();
-        let opened = open_round(spec).await?;
-        let shards = opened.plan().shards.len();
-        let rows = opened.plan().rows();
-        let already = opened.count("committed");
-        let service = CoordinatorService::with_round(timing(&file, None, None)?, opened);
-        let mut done = service.subscribe_done();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding a local port for the in-process coordinator")
-            .map_err(CliError::Failed)?;
-        let addr: SocketAddr = listener.local_addr().map_err(|e| CliError::Failed(e.into()))?;
-        let (stop_coord, coord_stop_rx) = watch::channel(false);
-        let coordinator = tokio::spawn(capfilt_coordinator::run(service, listener, wait_true(coord_stop_rx)));
-        let n = args.workers.or(file.workers).unwrap_or(2).max(1);
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let mut options = args.options.clone();
-        if options.intra_threads.is_none() && file.worker.intra_threads.is_none() {
-            options.intra_threads = Some((cores / n).max(1));
-        }
-        let (stop_workers, workers_stop_rx) = watch::channel(false);
-        let mut workers = Vec::new();
-        for i in 0..n {
-            let mut config = worker_config(format!("http://{addr}"), &options, &file, None, Some(30))?;
-            config.worker_id = format!("run-{}-w{i}", std::process::id());
-            workers.push(tokio::spawn(run_worker(config, wait_true(workers_stop_rx.clone()))));
-        }
-        tracing::info!(round, shards, rows, already_committed = already, workers = n, output = %round_out, "round started");
-        let progress = tokio::spawn(show_progress(format!("http://{addr}"), rows));
-        let interrupted = tokio::select! {
-            _ = done.wait_for(Option::is_some) => false,
-            _ = crate::serve::shutdown_signal() => true,
-        };
-        let _ = stop_workers.send(true);
-        for w in workers {
-            match w.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
-                Err(e) => tracing::error!(error = %e, "worker task failed"),
-            }
-        }
-        progress.abort();
-        let _ = stop_coord.send(true);
-        let _ = coordinator.await;
-        if interrupted {
-            return Err(CliError::Failed(anyhow!(
-                "interrupted; committed shards are kept in {round_out}: run the same command again to finish the round"
-            )));
-        }
-        let manifest = done.borrow().clone().ok_or_else(|| CliError::Failed(anyhow!("the round ended without a manifest")))?;
+        let (manifest, _) = run_round(spec, &args, &file).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&manifest).map_err(|e| CliError::Failed(e.into()))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&manifest).map_err(|e| CliError::Failed(e.into()))?
+            );
         } else {
-            print_summary(&manifest, &round_out);
+            print_summary(
+                &manifest,
+                &round_dir(
+                    &args
+                        .round_args
+                        .output
+                        .clone()
+                        .or(file.output.clone())
+                        .unwrap_or_default(),
+                    round,
+                ),
+            );
         }
         Ok(())
     })
+}
+
+/// Runs one round in this process; returns its manifest and wall-clock seconds.
+pub async fn run_round(
+    spec: RoundSpec,
+    args: &RunArgs,
+    file: &FileConfig,
+) -> Result<(RoundManifest, f64), CliError> {
+    let started = std::time::Instant::now();
+    let round = spec.round;
+    let round_out = spec.output.clone();
+    let opened = open_round(spec).await?;
+    let shards = opened.plan().shards.len();
+    let rows = opened.plan().rows();
+    let already = opened.count("committed");
+    let service = CoordinatorService::with_round(timing(file, None, None)?, opened);
+    let mut done = service.subscribe_done();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a local port for the in-process coordinator")
+        .map_err(CliError::Failed)?;
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let (stop_coord, coord_stop_rx) = watch::channel(false);
+    let coordinator = tokio::spawn(capfilt_coordinator::run(
+        service,
+        listener,
+        wait_true(coord_stop_rx),
+    ));
+    let n = args.workers.or(file.workers).unwrap_or(2).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let mut options = args.options.clone();
+    if options.intra_threads.is_none() && file.worker.intra_threads.is_none() {
+        options.intra_threads = Some((cores / n).max(1));
+    }
+    let (stop_workers, workers_stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for i in 0..n {
+        let mut config = worker_config(format!("http://{addr}"), &options, file, None, Some(30))?;
+        config.worker_id = format!("run-{}-r{round}-w{i}", std::process::id());
+        workers.push(tokio::spawn(run_worker(
+            config,
+            wait_true(workers_stop_rx.clone()),
+        )));
+    }
+    tracing::info!(round, shards, rows, already_committed = already, workers = n, output = %round_out, "round started");
+    let progress = tokio::spawn(show_progress(format!("http://{addr}"), rows));
+    let interrupted = tokio::select! {
+        _ = done.wait_for(Option::is_some) => false,
+        _ = crate::serve::shutdown_signal() => true,
+    };
+    let _ = stop_workers.send(true);
+    for w in workers {
+        match w.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
+            Err(e) => tracing::error!(error = %e, "worker task failed"),
+        }
+    }
+    progress.abort();
+    let _ = stop_coord.send(true);
+    let _ = coordinator.await;
+    if interrupted {
+        return Err(CliError::Failed(anyhow!(
+            "interrupted; committed shards are kept in {round_out}: run the same command again to finish the round"
+        )));
+    }
+    let manifest = done
+        .borrow()
+        .clone()
+        .ok_or_else(|| CliError::Failed(anyhow!("the round ended without a manifest")))?;
+    Ok((manifest, started.elapsed().as_secs_f64()))
 }
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {
@@ -358,7 +403,7 @@ async fn show_progress(url: String, rows_total: u64) {
     }
 }
 
-fn print_summary(m: &RoundManifest, out: &str) {
+pub fn print_summary(m: &RoundManifest, out: &str) {
     let t = &m.totals;
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
     let quarantined = m.quarantined().count();

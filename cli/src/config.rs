@@ -34,6 +34,9 @@ pub struct FileConfig {
     /// Worker settings.
     #[serde(default)]
     pub worker: WorkerSection,
+    /// Bootstrap rounds and the trainer stage.
+    #[serde(default)]
+    pub bootstrap: BootstrapSection,
     /// Input column mapping: a preset name or explicit columns.
     pub columns: Option<ColumnsConfig>,
     /// Object-store options (`aws_endpoint`, `aws_allow_http`, `aws_region`, ...).
@@ -97,6 +100,28 @@ pub struct WorkerSection {
     pub cache_dir: Option<PathBuf>,
     /// Seconds a shutting-down worker keeps working before giving its leases back.
     pub drain_timeout_s: Option<u64>,
+}
+
+/// `[bootstrap]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapSection {
+    /// Rounds to run.
+    pub rounds: Option<u32>,
+    /// Clean seed set URL.
+    pub seed_data: Option<String>,
+    /// Held-out eval split URL.
+    pub eval_data: Option<String>,
+    /// Captioner training steps per round.
+    pub captioner_steps: Option<u32>,
+    /// Filter training steps per round.
+    pub filter_steps: Option<u32>,
+    /// Promotion tolerance.
+    pub tolerance: Option<f64>,
+    /// previous or scratch.
+    pub train_init: Option<String>,
+    /// Python with capfilt_trainer.
+    pub python: Option<PathBuf>,
 }
 
 /// `columns = "laion"` or `[columns] caption = "TEXT" ...`.

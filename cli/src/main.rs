@@ -8,6 +8,7 @@ mod doctor;
 mod exit;
 mod infer;
 mod logging;
+mod rounds;
 mod serve;
 mod status;
 mod synth;

@@ -52,6 +52,15 @@ impl Plan {
     }
 }
 
+/// How an input is named in shards and output rows: the URL as the user gave it, or for a local
+/// input its absolute path (so any process, whatever its working directory, finds the file).
+fn base_name(prefix: &Location) -> String {
+    match &prefix.local {
+        Some(p) => p.display().to_string(),
+        None => prefix.display.clone(),
+    }
+}
+
 /// URL of an object of `loc`'s store, in the scheme the user gave.
 fn object_url(prefix: &Location, meta: &ObjectMeta) -> String {
     let base = prefix.path.as_ref();
@@ -61,9 +70,9 @@ fn object_url(prefix: &Location, meta: &ObjectMeta) -> String {
         .unwrap_or(full)
         .trim_start_matches('/');
     if rel.is_empty() {
-        prefix.display.clone()
+        base_name(prefix)
     } else {
-        format!("{}/{rel}", prefix.display.trim_end_matches('/'))
+        format!("{}/{rel}", base_name(prefix).trim_end_matches('/'))
     }
 }
 
@@ -138,7 +147,7 @@ pub async fn plan(
     let mut shards = Vec::new();
     for (fi, meta) in objects.iter().enumerate() {
         let url = if objects.len() == 1 && input.path == meta.location {
-            input.display.clone()
+            base_name(input)
         } else {
             object_url(input, meta)
         };

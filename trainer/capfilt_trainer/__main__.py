@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--data", required=True, help="held-out Parquet with gt_caption / gt_match")
     v.add_argument("--limit", type=int, help="evaluate at most this many rows")
     v.add_argument("--no-record", action="store_true", help="print only; leave bundle.json unchanged")
+    v.add_argument("--json", action="store_true", help="also print the figures as one JSON line on stdout")
 
     g = sub.add_parser("golden", help="write golden outputs (HF reference) for the Rust parity tests")
     g.add_argument("--captioner", required=True)

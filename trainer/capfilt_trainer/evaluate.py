@@ -146,3 +146,5 @@ def evaluate_cli(args) -> None:
     metrics = evaluate_bundle(bundle, args.data, args.limit)
     if not args.no_record:
         record_metrics(bundle, metrics)
+    if getattr(args, "json", False):
+        print(json.dumps(metrics, sort_keys=True))

@@ -79,7 +79,10 @@ def train(args) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     # --steps 0 saves the freshly initialised model (random weights, e.g. the base shape for
     # performance work).
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, args.steps), pct_start=0.1)
+    if args.steps >= 20:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    else:  # too few steps for a warm-up: a constant rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     prompt_len = len(tok.encode(PROMPT).ids) - 1  # [DEC] + prompt tokens
     order = rng.permutation(len(examples))
     pos = 0
