@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: sets up a fresh machine, builds capfilt, writes the synthetic CapFilt
-# benchmark and runs a CapFilt round over its web split with the committed seed bundles
-# (a coordinator and 2 workers in one process, local filesystem, CPU), then shows the round's
-# totals and how well the kept web texts match the ground truth.
+# benchmark and runs 2 bootstrap rounds over its web split from the committed seed bundles (a
+# coordinator and 2 workers in one process, local filesystem, CPU; the trainer retrains captioner
+# and filter between the rounds), then prints a table per round. Re-running it resumes.
 #
 #   scripts/demo.sh [OUT_DIR]     (default: demo-out/)
 set -euo pipefail
@@ -11,9 +11,21 @@ cd "$repo"
 out=${1:-demo-out}
 
 t0=$(date +%s)
-scripts/setup.sh
-echo "[demo] building capfilt (release)"
-cargo build --release --locked -p capfilt
+# The set-up (Debian packages, ONNX Runtime, the Python venv with torch: minutes of downloads)
+# runs while capfilt builds (minutes of compiling); the build needs neither.
+mkdir -p "$out"
+echo "[demo] set-up in the background (log: $out/setup.log); building capfilt (release)"
+scripts/setup.sh > "$out/setup.log" 2>&1 &
+setup_pid=$!
+if ! cargo build --release --locked -p capfilt; then
+  wait "$setup_pid" || true
+  exit 1
+fi
+if ! wait "$setup_pid"; then
+  echo "[demo] set-up failed; its log:" >&2
+  tail -40 "$out/setup.log" >&2
+  exit 1
+fi
 t1=$(date +%s)
 bin=target/release/capfilt
 
@@ -24,12 +36,13 @@ echo "[demo] writing the synthetic benchmark to $out/bench"
 "$bin" synth --out "$out/bench" --seed-rows 4000 --web-rows 10000 --eval-rows 500 --noise 0.4 --seed 0
 t2=$(date +%s)
 
-echo "[demo] CapFilt round 1 over $out/bench/web with models/shapes-seed"
-rm -rf "$out/rounds/round-0001"
-"$bin" run --input "$out/bench/web" --output "$out/rounds" \
-  --captioner models/shapes-seed/captioner --filter models/shapes-seed/filter --workers 2
+echo "[demo] 2 bootstrap rounds over $out/bench/web from models/shapes-seed (retraining between them)"
+"$bin" run --rounds 2 --input "$out/bench/web" --output "$out/rounds" \
+  --captioner models/shapes-seed/captioner --filter models/shapes-seed/filter \
+  --seed-data "$out/bench/seed" --eval-data "$out/bench/eval" --workers 2
 t3=$(date +%s)
 
-echo "[demo] kept web texts against the benchmark's ground truth"
-.venv/bin/python scripts/round_quality.py --round "$out/rounds/round-0001" --truth "$out/bench/web"
-echo "[demo] set-up + build: $((t1 - t0)) s, benchmark: $((t2 - t1)) s, round: $((t3 - t2)) s"
+echo
+echo "[demo] per round, against the benchmark's ground truth:"
+.venv/bin/python scripts/rounds_table.py --output "$out/rounds" --truth "$out/bench/web"
+echo "[demo] set-up + build: $((t1 - t0)) s, benchmark: $((t2 - t1)) s, rounds + training: $((t3 - t2)) s"

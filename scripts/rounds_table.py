@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""The per-round table of a bootstrap run on the synthetic benchmark: rows processed, img/s, web
+and synthetic texts kept, precision and recall of the kept web pairs against the ground truth,
+and the held-out figures of the round's captioner (exact match) and filter (ROC-AUC).
+
+    python scripts/rounds_table.py --output OUT --truth BENCH/web [--json]
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def quality(round_dir: Path, truth: str) -> dict:
+    r = subprocess.run([sys.executable, str(HERE / "round_quality.py"), "--round", str(round_dir), "--truth", truth, "--json"],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", required=True, help="the run's output folder (with _run.json)")
+    p.add_argument("--truth", required=True, help="the benchmark split the rounds read")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    out = Path(args.output)
+    run = json.loads((out / "_run.json").read_text())
+    rows = []
+    for r in run["rounds"]:
+        q = quality(out / f"round-{r['round']:04d}", args.truth)
+        rows.append({
+            "round": r["round"],
+            "rows": r["totals"]["rows_in"],
+            "images_per_second": r.get("images_per_second"),
+            "web_kept": q["web_keep_rate"],
+            "synthetic_kept": q["synthetic_keep_rate"],
+            "raw_web_precision": q["raw_web_precision"],
+            "kept_web_precision": q["kept_web_precision"],
+            "kept_web_recall": q["kept_web_recall"],
+            "captioner_exact_match": r["captioner_eval"].get("exact_match"),
+            "captioner_shape_acc": r["captioner_eval"].get("shape_acc"),
+            "filter_auc": r["filter_eval"].get("auc"),
+            "promoted_after": (r.get("promotion") or {}).get("promoted"),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    pct = lambda v: "-" if v is None else f"{100 * v:5.1f}%"
+    num = lambda v, f="{:.3f}": "-" if v is None else f.format(v)
+    print(f"{'round':>5} {'rows':>7} {'img/s':>7} {'web kept':>9} {'syn kept':>9} {'kept-web P':>10} {'kept-web R':>10} "
+          f"{'capt. exact':>11} {'capt. shape':>11} {'filter AUC':>10}")
+    for x in rows:
+        print(f"{x['round']:>5} {x['rows']:>7} {num(x['images_per_second'], '{:.0f}'):>7} {pct(x['web_kept']):>9} "
+              f"{pct(x['synthetic_kept']):>9} {pct(x['kept_web_precision']):>10} {pct(x['kept_web_recall']):>10} "
+              f"{num(x['captioner_exact_match']):>11} {num(x['captioner_shape_acc']):>11} {num(x['filter_auc']):>10}")
+    if rows:
+        print(f"raw web precision (no filtering): {pct(rows[0]['raw_web_precision'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
