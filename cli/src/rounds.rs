@@ -445,6 +445,18 @@ async fn round_eval(
     Ok(pair)
 }
 
+/// (shard id, committed attempt) of a finished round, from its manifest.
+async fn manifest_shards(rdir: &str, ctx: &Ctx<'_>) -> Result<Vec<(String, u32)>, CliError> {
+    let loc = store::resolve(&format!("{rdir}/_manifest.json"), &ctx.file.store_options())
+        .map_err(failed)?;
+    let m: RoundManifest =
+        serde_json::from_slice(&loc.get_bytes().await.map_err(failed)?).map_err(failed)?;
+    Ok(m.shards
+        .iter()
+        .map(|s| (s.shard.shard_id.clone(), s.attempts))
+        .collect())
+}
+
 /// Copies a local folder under an object-store prefix.
 async fn upload_dir(dir: &Path, dest: &Location) -> Result<(), CliError> {
     for entry in std::fs::read_dir(dir).map_err(failed)?.flatten() {
@@ -484,7 +496,21 @@ async fn trainer_stage(
         return Ok(p);
     }
     let started = Instant::now();
-    let work = ctx.work.join(format!("round-{r:04}"));
+    // The work folder is keyed by everything the training depends on, so a resumed stage reuses
+    // its checkpoints while a changed input or setting never picks up stale ones.
+    let shards: Vec<(String, u32)> = manifest_shards(rdir, ctx).await?;
+    let key = Sha256::digest(
+        serde_json::json!({
+            "round": r, "captioner": current.captioner, "filter": current.filter,
+            "seed": ctx.seed_data, "eval": ctx.eval_data, "scratch": ctx.scratch,
+            "steps": [ctx.args.bootstrap.captioner_steps, ctx.args.bootstrap.filter_steps,
+                      ctx.file.bootstrap.captioner_steps, ctx.file.bootstrap.filter_steps],
+            "totals": current.totals, "shards": shards,
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let work = ctx.work.join(format!("round-{r:04}-{:.16x}", key));
     let b = &ctx.args.bootstrap;
     let fb = &ctx.file.bootstrap;
     let steps = |kind: &str| match kind {

@@ -471,7 +471,13 @@ fn step_params(lease: &v1::ShardLease) -> StepParams {
             candidates: oru(p.candidates, d.candidates),
             length_penalty: d.length_penalty,
         },
-        threshold: if p.threshold > 0.0 { p.threshold } else { 0.5 },
+        // A threshold of 0 is meaningful (keep everything): take it as sent when the lease has
+        // parameters at all (the coordinator always sends them).
+        threshold: if lease.params.is_some() {
+            p.threshold
+        } else {
+            0.5
+        },
         itm_batch: 64,
         round: lease.round,
     }
