@@ -47,6 +47,10 @@ def load_training_data(data: list[str], rounds: list[str]) -> list[Example]:
 
 def train(args) -> Path:
     torch.manual_seed(args.seed)
+    # Same seed and data, same weights: without this, multi-threaded CPU kernels make two runs
+    # of the filter differ after a few steps (CUDA needs the cuBLAS workspace setting too).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out)
