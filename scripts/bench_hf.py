@@ -29,6 +29,8 @@ from PIL import Image
 from tokenizers import Tokenizer
 from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
+from capfilt_trainer.preprocess import encode_texts  # the same text encoding the trainer uses
+
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
@@ -38,23 +40,6 @@ def preprocess(data: bytes, size: int) -> np.ndarray:
         im = im.convert("RGB").resize((size, size), resample=Image.BICUBIC)
         x = np.asarray(im, dtype=np.float32) * np.float32(1 / 255)
     return ((x - MEAN) / STD).transpose(2, 0, 1)
-
-
-def encode(tok: Tokenizer, texts: list[str], first: int, max_len: int, sep: int, pad: int):
-    rows = []
-    for t in texts:
-        ids = tok.encode(t).ids
-        if len(ids) > max_len:
-            ids = ids[: max_len - 1] + [sep]
-        ids[0] = first
-        rows.append(ids)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 def main() -> int:
@@ -111,8 +96,7 @@ def main() -> int:
         fpx = px if fsize == size else torch.from_numpy(np.stack([preprocess(b, fsize) for b in batch_imgs])).to(dev)
         emb = filt.vision_model(pixel_values=fpx).last_hidden_state
         texts = batch_caps + synthetic
-        tids, tmask = encode(fil_tok, texts, fsp["cls"]["id"], fil_manifest["tokenizer"]["max_length"],
-                             fsp["sep"]["id"], fsp["pad"]["id"])
+        tids, tmask = encode_texts(fil_tok, texts, fsp["cls"]["id"], fil_manifest["tokenizer"]["max_length"])
         tids, tmask = tids.to(dev), tmask.to(dev)
         emb2 = torch.cat([emb, emb], 0)
         enc = tids.clone()

@@ -3,7 +3,6 @@
 //! shard is quarantined; a store that ignores create-only PUTs is refused.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -164,14 +163,6 @@ async fn a_schema_that_does_not_fit_the_mapping_stops_the_plan() {
 }
 
 // --- S3 (moto on loopback) ---------------------------------------------------------------
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct Server(Child);
 

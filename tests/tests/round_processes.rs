@@ -6,7 +6,6 @@
 //! generous deadlines, never on sleeps tuned to a machine.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,14 +29,6 @@ fn capfilt_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 struct Proc {

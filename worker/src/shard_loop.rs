@@ -377,42 +377,25 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
             }
             Ok(LeaseResult::Conflict) => {
                 lock(&shared.summary).conflicts += 1;
-                Some(Outcome::Failed(v1::FailShardRequest {
-                    protocol_version: PROTOCOL_VERSION,
-                    worker_id,
-                    shard_id: shard_id.clone(),
-                    attempt,
-                    kind: v1::FailureKind::CommitConflict.into(),
+                let f = Failure {
+                    kind: v1::FailureKind::CommitConflict,
                     error: "another attempt committed this shard first".into(),
                     retryable: false,
-                    count_to_failures: false,
-                }))
+                };
+                Some(Outcome::Failed(fail_request(
+                    worker_id, &shard_id, attempt, f, false,
+                )))
             }
-            Err(f) if f.kind == v1::FailureKind::Released => {
-                Some(Outcome::Failed(v1::FailShardRequest {
-                    protocol_version: PROTOCOL_VERSION,
-                    worker_id,
-                    shard_id: shard_id.clone(),
-                    attempt,
-                    kind: f.kind.into(),
-                    error: f.error,
-                    retryable: true,
-                    count_to_failures: false,
-                }))
-            }
+            // Given back unfinished: no failure counted.
+            Err(f) if f.kind == v1::FailureKind::Released => Some(Outcome::Failed(fail_request(
+                worker_id, &shard_id, attempt, f, false,
+            ))),
             Err(f) => {
                 lock(&shared.summary).failed += 1;
                 tracing::warn!(shard = %shard_id, attempt, kind = ?f.kind, error = %f.error, "shard attempt failed");
-                Some(Outcome::Failed(v1::FailShardRequest {
-                    protocol_version: PROTOCOL_VERSION,
-                    worker_id,
-                    shard_id: shard_id.clone(),
-                    attempt,
-                    kind: f.kind.into(),
-                    error: f.error,
-                    retryable: f.retryable,
-                    count_to_failures: true,
-                }))
+                Some(Outcome::Failed(fail_request(
+                    worker_id, &shard_id, attempt, f, true,
+                )))
             }
         };
         lock(&shared.active).remove(&shard_id);
@@ -421,6 +404,25 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
         }
         shared.finished.notify_one();
     });
+}
+
+fn fail_request(
+    worker_id: String,
+    shard_id: &str,
+    attempt: u32,
+    f: Failure,
+    counted: bool,
+) -> v1::FailShardRequest {
+    v1::FailShardRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id,
+        shard_id: shard_id.to_string(),
+        attempt,
+        kind: f.kind.into(),
+        error: f.error,
+        retryable: f.retryable,
+        count_to_failures: counted,
+    }
 }
 
 /// How a commit attempt ended.
