@@ -252,7 +252,7 @@ pub fn run(args: RunArgs) -> CliResult {
         }
         let round = args.options.round.or(file.round).unwrap_or(1);
         let (spec, _) = round_spec(&args.round_args, &args.options, &file, round).await?;
-        let (manifest, _) = run_round(spec, &args, &file).await?;
+        let manifest = run_round(spec, &args, &file).await?.manifest;
         if args.json {
             println!(
                 "{}",
@@ -276,12 +276,34 @@ pub fn run(args: RunArgs) -> CliResult {
     })
 }
 
-/// Runs one round in this process; returns its manifest and wall-clock seconds.
+/// A round run in this process.
+pub struct RoundRun {
+    /// The round's manifest.
+    pub manifest: RoundManifest,
+    /// Wall-clock seconds of this run.
+    pub seconds: f64,
+    /// Input rows of shards committed before this run started (a resumed round).
+    pub rows_before: u64,
+}
+
+impl RoundRun {
+    /// Images per second of the work this run did; `None` when it did none.
+    pub fn images_per_second(&self) -> Option<f64> {
+        let rows = self
+            .manifest
+            .totals
+            .rows_in
+            .saturating_sub(self.rows_before);
+        (rows > 0).then(|| rows as f64 / self.seconds.max(1e-9))
+    }
+}
+
+/// Runs one round in this process (or the rest of it, when it was started before).
 pub async fn run_round(
     spec: RoundSpec,
     args: &RunArgs,
     file: &FileConfig,
-) -> Result<(RoundManifest, f64), CliError> {
+) -> Result<RoundRun, CliError> {
     let started = std::time::Instant::now();
     let round = spec.round;
     let round_out = spec.output.clone();
@@ -289,6 +311,7 @@ pub async fn run_round(
     let shards = opened.plan().shards.len();
     let rows = opened.plan().rows();
     let already = opened.count("committed");
+    let rows_before = opened.rows_committed();
     let service = CoordinatorService::with_round(timing(file, None, None)?, opened);
     let mut done = service.subscribe_done();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -346,7 +369,11 @@ pub async fn run_round(
         .borrow()
         .clone()
         .ok_or_else(|| CliError::Failed(anyhow!("the round ended without a manifest")))?;
-    Ok((manifest, started.elapsed().as_secs_f64()))
+    Ok(RoundRun {
+        manifest,
+        seconds: started.elapsed().as_secs_f64(),
+        rows_before,
+    })
 }
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {

@@ -236,8 +236,9 @@ pub async fn run_rounds(args: &RunArgs, file: &FileConfig, rounds: u32) -> CliRe
             spec.captioner.bundle_json_sha256.clone(),
             spec.filter.bundle_json_sha256.clone(),
         );
-        let (manifest, seconds) = run_round(spec, args, file).await?;
-        crate::cluster::print_summary(&manifest, &round_dir(&output, r));
+        let run = run_round(spec, args, file).await?;
+        let manifest = &run.manifest;
+        crate::cluster::print_summary(manifest, &round_dir(&output, r));
         let rdir = round_dir(&output, r);
         let (captioner_eval, filter_eval) = if ctx.eval_data.is_empty() {
             (Metrics::new(), Metrics::new())
@@ -248,26 +249,21 @@ pub async fn run_rounds(args: &RunArgs, file: &FileConfig, rounds: u32) -> CliRe
             round: r,
             captioner: (cap_url.clone(), cap_sha),
             filter: (fil_url.clone(), fil_sha),
-            images_per_second: (!manifest_was_resumed(&manifest, seconds))
-                .then(|| manifest.totals.rows_scored as f64 / seconds.max(1e-9)),
+            images_per_second: run.images_per_second(),
             totals: manifest.totals.clone(),
             web_keep_rate: manifest.web_keep_rate,
             synthetic_keep_rate: manifest.synthetic_keep_rate,
-            seconds,
+            seconds: run.seconds,
             captioner_eval,
             filter_eval,
             promotion: None,
         };
-        let keep_old = record
-            .rounds
-            .iter()
-            .find(|x| x.round == r)
-            .map(|x| x.seconds);
-        if manifest_was_resumed(&manifest, seconds)
-            && let Some(old) = keep_old
+        // A round finished by an earlier run keeps that run's timing.
+        if rec.images_per_second.is_none()
+            && let Some(old) = record.rounds.iter().find(|x| x.round == r)
         {
-            rec.seconds = old;
-            rec.images_per_second = Some(manifest.totals.rows_scored as f64 / old.max(1e-9));
+            rec.seconds = old.seconds;
+            rec.images_per_second = old.images_per_second;
         }
         if r < rounds {
             let promotion = trainer_stage(&ctx, r, &rdir, &cap_url, &fil_url, &rec).await?;
@@ -288,6 +284,21 @@ pub async fn run_rounds(args: &RunArgs, file: &FileConfig, rounds: u32) -> CliRe
             }
             cap_url = promotion.captioner.clone();
             fil_url = promotion.filter.clone();
+            // The promoted bundles were evaluated on the same split by their export: record
+            // those figures as the next round's instead of evaluating again.
+            let next_eval = store::resolve(
+                &format!("{}/eval.json", round_dir(&output, r + 1)),
+                &file.store_options(),
+            )
+            .map_err(failed)?;
+            let pair = (
+                promotion.captioner_eval.clone(),
+                promotion.filter_eval.clone(),
+            );
+            next_eval
+                .put_bytes(serde_json::to_vec_pretty(&pair).map_err(failed)?)
+                .await
+                .map_err(failed)?;
         } else {
             upsert(&mut record, rec);
         }
@@ -297,11 +308,6 @@ pub async fn run_rounds(args: &RunArgs, file: &FileConfig, rounds: u32) -> CliRe
     write_run(&run_loc, &record).await?;
     print_table(&record);
     Ok(())
-}
-
-fn manifest_was_resumed(_m: &RoundManifest, seconds: f64) -> bool {
-    // A finished round reopens and writes its manifest again at once.
-    seconds < 1.0
 }
 
 fn upsert(record: &mut RunRecord, rec: RoundRecord) {
