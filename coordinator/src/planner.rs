@@ -6,13 +6,13 @@
 //! listing and target give the same ids: a restarted coordinator plans the same shards.
 
 use capfilt_schemas::SchemaError;
+use capfilt_schemas::footer::{FooterError, read_footer};
 use capfilt_schemas::mapping::ColumnMapping;
 use capfilt_schemas::records::{InputFile, ShardRef};
 use capfilt_schemas::store::{Location, StoreError};
 use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use parquet::arrow::parquet_to_arrow_schema;
-use parquet::file::metadata::ParquetMetaDataReader;
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum PlanError {
     #[error("no .parquet files under {0}")]
     Empty(String),
     /// A footer could not be read.
+    #[error(transparent)]
+    Footer(#[from] FooterError),
+    /// A file's schema could not be converted.
     #[error("{file}: not a readable Parquet file: {message}")]
     BadFile {
         /// The file.
@@ -76,46 +79,6 @@ fn object_url(prefix: &Location, meta: &ObjectMeta) -> String {
     }
 }
 
-async fn footer(
-    loc: &Location,
-    meta: &ObjectMeta,
-    url: &str,
-) -> Result<parquet::file::metadata::ParquetMetaData, PlanError> {
-    let bad = |message: String| PlanError::BadFile {
-        file: url.to_string(),
-        message,
-    };
-    let io = |source| StoreError::Io {
-        operation: "reading the footer of",
-        location: url.to_string(),
-        source,
-    };
-    let size = meta.size;
-    if size < 12 {
-        return Err(bad(format!("{size} bytes is too small for Parquet")));
-    }
-    let tail = loc
-        .store
-        .get_range(&meta.location, size - 8..size)
-        .await
-        .map_err(io)?;
-    if &tail[4..8] != b"PAR1" {
-        return Err(bad("no PAR1 magic at the end".into()));
-    }
-    let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if len + 8 > size {
-        return Err(bad(format!(
-            "footer length {len} exceeds the file size {size}"
-        )));
-    }
-    let buf = loc
-        .store
-        .get_range(&meta.location, size - 8 - len..size - 8)
-        .await
-        .map_err(io)?;
-    ParquetMetaDataReader::decode_metadata(&buf).map_err(|e| bad(e.to_string()))
-}
-
 /// Plans the input at `input` (a Parquet file or a prefix holding them).
 pub async fn plan(
     input: &Location,
@@ -151,7 +114,13 @@ pub async fn plan(
         } else {
             object_url(input, meta)
         };
-        let md = footer(input, meta, &url).await?;
+        let object = Location {
+            store: input.store.clone(),
+            path: meta.location.clone(),
+            display: url.clone(),
+            local: None,
+        };
+        let md = read_footer(&object, meta.size).await?.metadata;
         let file_meta = md.file_metadata();
         let schema =
             parquet_to_arrow_schema(file_meta.schema_descr(), file_meta.key_value_metadata())

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bundle;
+pub mod footer;
 pub mod mapping;
 pub mod outputs;
 pub mod records;

@@ -7,10 +7,10 @@ use std::io::Cursor;
 use std::ops::Range;
 
 use bytes::Bytes;
+use capfilt_schemas::footer::{FooterError, read_footer};
 use capfilt_schemas::store::{Location, StoreError};
 use object_store::ObjectStoreExt;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 
 /// Byte ranges of a Parquet file held in memory; reading outside them is an error.
@@ -100,26 +100,11 @@ pub async fn fetch_shard(
     } else {
         size
     };
-    if size < 12 {
-        return Err(bad(format!("{size} bytes is too small for Parquet")));
-    }
-    let tail = loc
-        .store
-        .get_range(&loc.path, size - 8..size)
-        .await
-        .map_err(io)?;
-    let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if &tail[4..8] != b"PAR1" || len + 8 > size {
-        return Err(bad("no valid Parquet footer".into()));
-    }
-    let footer_start = size - 8 - len;
-    let footer = loc
-        .store
-        .get_range(&loc.path, footer_start..size)
-        .await
-        .map_err(io)?;
-    let md = ParquetMetaDataReader::decode_metadata(&footer[..len as usize])
-        .map_err(|e| bad(e.to_string()))?;
+    let footer = read_footer(loc, size).await.map_err(|e| match e {
+        FooterError::Store(s) => ShardReadError::Store(s),
+        FooterError::Bad { message, .. } => bad(message),
+    })?;
+    let md = &footer.metadata;
     if groups.end > md.num_row_groups() {
         return Err(bad(format!(
             "row groups {groups:?} asked for, the file has {} (changed since it was planned?)",
@@ -144,7 +129,7 @@ pub async fn fetch_shard(
     }
     let data = loc.store.get_ranges(&loc.path, &merged).await.map_err(io)?;
     let mut chunks: Vec<(u64, Bytes)> = merged.iter().map(|r| r.start).zip(data).collect();
-    chunks.push((footer_start, footer));
+    chunks.push((footer.start, footer.bytes.clone()));
     // The reader checks the magic at the start of the file.
     chunks.push((0, Bytes::from_static(b"PAR1")));
     Ok(SparseFile { size, chunks })
