@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use capfilt_coordinator::{CoordinatorService, Round, RoundError, RoundSpec, Timing};
+use capfilt_coordinator::bootstrap::round_dir;
+use capfilt_coordinator::{CoordinatorService, RoundSpec, Timing};
 use capfilt_proto::{PROTOCOL_VERSION, v1};
 use capfilt_schemas::records::{BundleUse, CapfiltParams, RoundManifest};
 use capfilt_worker::shard_loop::{WorkerConfig, run_worker};
@@ -46,11 +47,6 @@ fn required(flag: Option<&String>, file: Option<&String>, name: &str) -> Result<
             "--{name} is required (or `{name} = ...` in the config file)"
         ))
     })
-}
-
-/// `{output}/round-{r:04}`.
-pub fn round_dir(output: &str, round: u32) -> String {
-    format!("{}/round-{round:04}", output.trim_end_matches('/'))
 }
 
 /// Builds the round spec: bundles fetched and verified, parameters merged.
@@ -122,17 +118,6 @@ pub async fn round_spec(
     Ok((spec, step))
 }
 
-/// Opens the round (plan + state from the store), mapping errors to exit codes.
-pub async fn open_round(spec: RoundSpec) -> Result<Round, CliError> {
-    Round::open(spec).await.map_err(|e| match e {
-        RoundError::Plan(_)
-        | RoundError::Store(capfilt_schemas::store::StoreError::BadLocation { .. }) => {
-            CliError::Usage(e.into())
-        }
-        other => CliError::Failed(other.into()),
-    })
-}
-
 /// Coordinator timing from the config.
 pub fn timing(
     file: &FileConfig,
@@ -172,6 +157,9 @@ pub struct WorkerArgs {
     /// TOML config file (its worker and store tables apply).
     #[arg(long, env = "CAPFILT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Exit 0 once the coordinator reports the run finished (for Job-style deployments); without it the worker waits for the next run.
+    #[arg(long, env = "CAPFILT_EXIT_WHEN_DONE")]
+    pub exit_when_done: bool,
     #[command(flatten)]
     pub options: CapfiltOptions,
 }
@@ -207,6 +195,7 @@ pub fn run_worker_command(args: WorkerArgs) -> CliResult {
     if let Some(id) = args.worker_id {
         config.worker_id = id;
     }
+    config.exit_when_done = args.exit_when_done || file.worker.exit_when_done.unwrap_or(false);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
         let summary = run_worker(config, crate::serve::shutdown_signal())
@@ -240,139 +229,75 @@ pub struct RunArgs {
     pub options: CapfiltOptions,
 }
 
-/// Runs `capfilt run`: a coordinator and N workers in this process, for one round or, with
-/// `--rounds N`, for rounds 1..N with the trainer stage between them.
+/// Runs `capfilt run`: the coordinator's bootstrap controller and N workers in this process, for
+/// one round or, with `--rounds N`, for rounds 1..N with the trainer stage between them.
 pub fn run(args: RunArgs) -> CliResult {
     let file = FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
-        let rounds = args.bootstrap.rounds.or(file.bootstrap.rounds).unwrap_or(1);
-        if rounds > 1 || args.bootstrap.rounds.is_some() {
-            return crate::rounds::run_rounds(&args, &file, rounds).await;
+        let rounds = crate::rounds::rounds(&args.bootstrap, &file);
+        let (mut config, planner, trainer) = crate::rounds::run_parts(
+            &args.round_args,
+            &args.bootstrap,
+            &args.options,
+            &file,
+            rounds,
+        )?;
+        if rounds == 1 && args.bootstrap.rounds.is_none() {
+            // A single round may be numbered (`--round R`).
+            let r = args.options.round.or(file.round).unwrap_or(1).max(1);
+            config.first_round = r;
+            config.rounds = r;
         }
-        let round = args.options.round.or(file.round).unwrap_or(1);
-        let (spec, _) = round_spec(&args.round_args, &args.options, &file, round).await?;
-        let manifest = run_round(spec, &args, &file).await?.manifest;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&manifest).map_err(|e| CliError::Failed(e.into()))?
-            );
-        } else {
-            print_summary(
-                &manifest,
-                &round_dir(
-                    &args
-                        .round_args
-                        .output
-                        .clone()
-                        .or(file.output.clone())
-                        .unwrap_or_default(),
-                    round,
-                ),
-            );
+        let output = config.output.clone();
+        let service = CoordinatorService::new(timing(&file, None, None)?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a local port for the in-process coordinator")
+            .map_err(CliError::Failed)?;
+        let addr: SocketAddr = listener
+            .local_addr()
+            .map_err(|e| CliError::Failed(e.into()))?;
+        let n = args.workers.or(file.workers).unwrap_or(2).max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let mut options = args.options.clone();
+        if options.intra_threads.is_none() && file.worker.intra_threads.is_none() {
+            options.intra_threads = Some((cores / n).max(1));
         }
+        let (stop_workers, workers_stop_rx) = watch::channel(false);
+        let mut workers = Vec::new();
+        for i in 0..n {
+            let mut config =
+                worker_config(format!("http://{addr}"), &options, &file, None, Some(30))?;
+            config.worker_id = format!("run-{}-w{i}", std::process::id());
+            workers.push(tokio::spawn(run_worker(
+                config,
+                wait_true(workers_stop_rx.clone()),
+            )));
+        }
+        tracing::info!(workers = n, output = %output, rounds, "run started");
+        let progress = tokio::spawn(show_progress(format!("http://{addr}")));
+        let controller =
+            capfilt_coordinator::bootstrap::Controller::new(config, service, planner, trainer);
+        let result = capfilt_coordinator::bootstrap::serve(
+            controller,
+            listener,
+            crate::serve::shutdown_signal(),
+            capfilt_coordinator::bootstrap::AfterRun::Exit,
+        )
+        .await;
+        progress.abort();
+        let _ = stop_workers.send(true);
+        for w in workers {
+            match w.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
+                Err(e) => tracing::error!(error = %e, "worker task failed"),
+            }
+        }
+        let record = result.map_err(crate::rounds::map_error)?;
+        crate::rounds::print_run(&record, &output, &file, args.json).await;
         Ok(())
-    })
-}
-
-/// A round run in this process.
-pub struct RoundRun {
-    /// The round's manifest.
-    pub manifest: RoundManifest,
-    /// Wall-clock seconds of this run.
-    pub seconds: f64,
-    /// Input rows of shards committed before this run started (a resumed round).
-    pub rows_before: u64,
-}
-
-impl RoundRun {
-    /// Images per second of the work this run did; `None` when it did none.
-    pub fn images_per_second(&self) -> Option<f64> {
-        let rows = self
-            .manifest
-            .totals
-            .rows_in
-            .saturating_sub(self.rows_before);
-        (rows > 0).then(|| rows as f64 / self.seconds.max(1e-9))
-    }
-}
-
-/// Runs one round in this process (or the rest of it, when it was started before).
-pub async fn run_round(
-    spec: RoundSpec,
-    args: &RunArgs,
-    file: &FileConfig,
-) -> Result<RoundRun, CliError> {
-    let started = std::time::Instant::now();
-    let round = spec.round;
-    let round_out = spec.output.clone();
-    let opened = open_round(spec).await?;
-    let shards = opened.plan().shards.len();
-    let rows = opened.plan().rows();
-    let already = opened.count("committed");
-    let rows_before = opened.rows_committed();
-    let service = CoordinatorService::with_round(timing(file, None, None)?, opened);
-    let mut done = service.subscribe_done();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a local port for the in-process coordinator")
-        .map_err(CliError::Failed)?;
-    let addr: SocketAddr = listener
-        .local_addr()
-        .map_err(|e| CliError::Failed(e.into()))?;
-    let (stop_coord, coord_stop_rx) = watch::channel(false);
-    let coordinator = tokio::spawn(capfilt_coordinator::run(
-        service,
-        listener,
-        wait_true(coord_stop_rx),
-    ));
-    let n = args.workers.or(file.workers).unwrap_or(2).max(1);
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let mut options = args.options.clone();
-    if options.intra_threads.is_none() && file.worker.intra_threads.is_none() {
-        options.intra_threads = Some((cores / n).max(1));
-    }
-    let (stop_workers, workers_stop_rx) = watch::channel(false);
-    let mut workers = Vec::new();
-    for i in 0..n {
-        let mut config = worker_config(format!("http://{addr}"), &options, file, None, Some(30))?;
-        config.worker_id = format!("run-{}-r{round}-w{i}", std::process::id());
-        workers.push(tokio::spawn(run_worker(
-            config,
-            wait_true(workers_stop_rx.clone()),
-        )));
-    }
-    tracing::info!(round, shards, rows, already_committed = already, workers = n, output = %round_out, "round started");
-    let progress = tokio::spawn(show_progress(format!("http://{addr}"), rows));
-    let interrupted = tokio::select! {
-        _ = done.wait_for(Option::is_some) => false,
-        _ = crate::serve::shutdown_signal() => true,
-    };
-    let _ = stop_workers.send(true);
-    for w in workers {
-        match w.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
-            Err(e) => tracing::error!(error = %e, "worker task failed"),
-        }
-    }
-    progress.abort();
-    let _ = stop_coord.send(true);
-    let _ = coordinator.await;
-    if interrupted {
-        return Err(CliError::Failed(anyhow!(
-            "interrupted; committed shards are kept in {round_out}: run the same command again to finish the round"
-        )));
-    }
-    let manifest = done
-        .borrow()
-        .clone()
-        .ok_or_else(|| CliError::Failed(anyhow!("the round ended without a manifest")))?;
-    Ok(RoundRun {
-        manifest,
-        seconds: started.elapsed().as_secs_f64(),
-        rows_before,
     })
 }
 
@@ -380,23 +305,24 @@ async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-async fn show_progress(url: String, rows_total: u64) {
+async fn show_progress(url: String) {
     use std::io::IsTerminal;
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else {
         return;
     };
     let mut client = v1::coordinator_client::CoordinatorClient::new(endpoint.connect_lazy());
     let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(rows_total);
+        let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} rows  {msg}  [{elapsed_precise}, ETA {eta}]",
+                "{prefix} {bar:40} {pos}/{len} rows  {msg}  [{elapsed_precise}]",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     });
-    let started = std::time::Instant::now();
+    let mut round = u32::MAX;
+    let mut started = std::time::Instant::now();
     let mut last_log = std::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -410,20 +336,40 @@ async fn show_progress(url: String, rows_total: u64) {
             continue;
         };
         let s = r.into_inner();
+        let phase = s.run.as_ref().map_or("serving", |r| r.phase.as_str());
+        if s.round != round {
+            round = s.round;
+            started = std::time::Instant::now();
+        }
         let c = s.shards.unwrap_or_default();
         let rate = s.rows_done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        let msg = format!(
-            "shards {} done, {} running, {} pending, {} quarantined  {rate:.1} img/s",
-            c.committed, c.leased, c.pending, c.quarantined
-        );
+        let msg = if s.round == 0 {
+            phase.to_string()
+        } else {
+            format!(
+                "shards {} done, {} running, {} pending, {} quarantined  {rate:.1} img/s",
+                c.committed, c.leased, c.pending, c.quarantined
+            )
+        };
         match &bar {
             Some(bar) => {
+                bar.set_prefix(if s.round == 0 {
+                    phase.to_string()
+                } else {
+                    format!("round {}", s.round)
+                });
+                bar.set_length(s.rows_total);
                 bar.set_position(s.rows_done);
                 bar.set_message(msg);
             }
-            None if last_log.elapsed() >= Duration::from_secs(5) => {
+            None if last_log.elapsed() >= Duration::from_secs(5) && s.round != 0 => {
                 last_log = std::time::Instant::now();
-                tracing::info!(rows_done = s.rows_done, rows_total = s.rows_total, "{msg}");
+                tracing::info!(
+                    round = s.round,
+                    rows_done = s.rows_done,
+                    rows_total = s.rows_total,
+                    "{msg}"
+                );
             }
             None => {}
         }

@@ -84,6 +84,8 @@ pub struct CoordinatorSection {
     pub target_shard_rows: Option<u64>,
     /// Counted failures before a shard is quarantined.
     pub max_failures: Option<u32>,
+    /// Exit once the run is finished.
+    pub exit_when_done: Option<bool>,
 }
 
 /// `[worker]`.
@@ -100,6 +102,8 @@ pub struct WorkerSection {
     pub cache_dir: Option<PathBuf>,
     /// Seconds a shutting-down worker keeps working before giving its leases back.
     pub drain_timeout_s: Option<u64>,
+    /// Exit once the coordinator reports the run finished.
+    pub exit_when_done: Option<bool>,
 }
 
 /// `[bootstrap]`.
@@ -122,6 +126,10 @@ pub struct BootstrapSection {
     pub train_init: Option<String>,
     /// Python with capfilt_trainer.
     pub python: Option<PathBuf>,
+    /// A trainer job running longer is stopped (seconds).
+    pub trainer_timeout_s: Option<u64>,
+    /// The coordinator's lease on the output: a dead coordinator's output is free after it (seconds).
+    pub output_lease_s: Option<f64>,
 }
 
 /// `columns = "laion"` or `[columns] caption = "TEXT" ...`.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use capfilt_coordinator::CoordinatorService;
+use capfilt_coordinator::bootstrap::{AfterRun, Controller};
 use clap::Args;
 
 use crate::exit::{CliError, CliResult};
@@ -23,11 +24,13 @@ pub struct CoordinatorArgs {
     /// TOML config file (input, output, bundles, and its capfilt, coordinator and store tables).
     #[arg(long, env = "CAPFILT_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Exit once the round's manifest is written (default: keep serving status until stopped).
-    #[arg(long)]
+    /// Exit once the run is finished: after the last round (or the gate's refusal), once every connected worker has been told (default: keep serving status until stopped).
+    #[arg(long, env = "CAPFILT_EXIT_WHEN_DONE")]
     exit_when_done: bool,
     #[command(flatten)]
     round_args: crate::cluster::RoundArgs,
+    #[command(flatten)]
+    bootstrap: crate::rounds::BootstrapArgs,
     #[command(flatten)]
     options: crate::infer::CapfiltOptions,
 }
@@ -52,30 +55,41 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
             .with_context(|| format!("cannot listen on {listen}: choose another --listen address"))
             .map_err(CliError::Usage)?;
         let has_round = args.round_args.input.is_some() || file.input.is_some();
-        let service = if has_round {
-            let round = args.options.round.or(file.round).unwrap_or(1);
-            let (spec, _) =
-                crate::cluster::round_spec(&args.round_args, &args.options, &file, round).await?;
-            let opened = crate::cluster::open_round(spec).await?;
-            CoordinatorService::with_round(timing, opened)
+        let service = CoordinatorService::new(timing);
+        if !has_round {
+            // No run: answer registration and status only.
+            return capfilt_coordinator::run(service, listener, shutdown_signal())
+                .await
+                .map_err(|e| CliError::Failed(e.into()));
+        }
+        let rounds = crate::rounds::rounds(&args.bootstrap, &file);
+        let (mut config, planner, trainer) = crate::rounds::run_parts(
+            &args.round_args,
+            &args.bootstrap,
+            &args.options,
+            &file,
+            rounds,
+        )?;
+        if rounds == 1 && args.bootstrap.rounds.is_none() {
+            let r = args.options.round.or(file.round).unwrap_or(1).max(1);
+            config.first_round = r;
+            config.rounds = r;
+        }
+        let output = config.output.clone();
+        let exit_when_done =
+            args.exit_when_done || file.coordinator.exit_when_done.unwrap_or(false);
+        let controller = Controller::new(config, service, planner, trainer);
+        let after = if exit_when_done {
+            AfterRun::TellWorkersThenExit
         } else {
-            CoordinatorService::new(timing)
+            AfterRun::ServeUntilShutdown
         };
-        let mut done = service.subscribe_done();
-        let exit_when_done = args.exit_when_done;
-        let stop = async move {
-            if exit_when_done {
-                tokio::select! {
-                    _ = done.wait_for(Option::is_some) => tracing::info!("round finished: exiting"),
-                    _ = shutdown_signal() => {}
-                }
-            } else {
-                shutdown_signal().await;
-            }
-        };
-        capfilt_coordinator::run(service, listener, stop)
-            .await
-            .map_err(|e| CliError::Failed(e.into()))
+        let result =
+            capfilt_coordinator::bootstrap::serve(controller, listener, shutdown_signal(), after)
+                .await;
+        let record = result.map_err(crate::rounds::map_error)?;
+        crate::rounds::print_run(&record, &output, &file, false).await;
+        Ok(())
     })
 }
 

@@ -109,23 +109,77 @@ pub fn render(s: &v1::GetStatusResponse) -> String {
         s.rows_done,
         s.rows_total
     );
+    if let Some(run) = &s.run {
+        let _ = writeln!(
+            out,
+            "run: {} (round {} of {}, {}){}; trainer {}",
+            run.phase,
+            run.round,
+            run.rounds_requested,
+            run.status,
+            if run.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", run.error)
+            },
+            run.trainer
+        );
+        let rounds: Vec<serde_json::Value> =
+            serde_json::from_str(&run.rounds_json).unwrap_or_default();
+        if !rounds.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:>5} {:>8} {:>9} {:>9} {:>8}  promotion (exact match, ROC-AUC: before -> after)",
+                "round", "rows", "web kept", "syn kept", "img/s"
+            );
+        }
+        for r in &rounds {
+            let f =
+                |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+            let promo = match r.get("promotion") {
+                Some(p) if p.is_object() => format!(
+                    "{} ({:.3} -> {:.3}, {:.3} -> {:.3})",
+                    if p["promoted"].as_bool() == Some(true) {
+                        "promoted"
+                    } else {
+                        "refused"
+                    },
+                    p["captioner_exact_match"][0].as_f64().unwrap_or(f64::NAN),
+                    p["captioner_exact_match"][1].as_f64().unwrap_or(f64::NAN),
+                    p["filter_auc"][0].as_f64().unwrap_or(f64::NAN),
+                    p["filter_auc"][1].as_f64().unwrap_or(f64::NAN),
+                ),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:>5} {:>8} {:>9} {:>9} {:>8}  {promo}",
+                r["round"],
+                r["totals"]["rows_in"],
+                r["totals"]["web_kept"],
+                r["totals"]["synthetic_kept"],
+                f(&r["images_per_second"]),
+            );
+        }
+    }
     let _ = writeln!(out, "workers: {}", s.workers.len());
     if !s.workers.is_empty() {
         let _ = writeln!(
             out,
-            "  {:<24} {:<8} {:>5} {:>6} {:>10} {:>9}",
+            "  {:<24} {:<8} {:>5} {:>6} {:>10} {:>9}  state",
             "worker", "device", "slots", "leases", "rows", "rows/s"
         );
         for w in &s.workers {
             let _ = writeln!(
                 out,
-                "  {:<24} {:<8} {:>5} {:>6} {:>10} {:>9.1}",
+                "  {:<24} {:<8} {:>5} {:>6} {:>10} {:>9.1}  {}",
                 w.worker_id,
                 device_name(w.device.as_ref()),
                 w.slots,
                 w.leases,
                 w.rows_done,
-                w.rows_per_s
+                w.rows_per_s,
+                w.state
             );
         }
     }
@@ -162,6 +216,7 @@ pub fn to_json(s: &v1::GetStatusResponse) -> String {
                 "hostname": w.hostname,
                 "build_version": w.build_version,
                 "last_seen_unix_ms": w.last_seen_unix_ms,
+                "state": w.state,
             })
         })
         .collect();
@@ -194,6 +249,15 @@ pub fn to_json(s: &v1::GetStatusResponse) -> String {
         "rows_total": s.rows_total,
         "workers": workers,
         "shard_list": shard_list,
+        "run": s.run.as_ref().map(|r| serde_json::json!({
+            "phase": r.phase,
+            "round": r.round,
+            "rounds_requested": r.rounds_requested,
+            "status": r.status,
+            "error": r.error,
+            "trainer": r.trainer,
+            "rounds": serde_json::from_str::<serde_json::Value>(&r.rounds_json).unwrap_or_default(),
+        })),
     })
     .to_string()
 }

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bootstrap;
+pub mod fence;
 pub mod planner;
 pub mod registry;
 pub mod round;
@@ -13,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use round::{Round, RoundError, RoundSpec};
-pub use service::{CoordinatorService, Timing};
+pub use service::{CoordinatorService, RunView, Timing};
 
 /// Errors of the coordinator, each mapped once to a gRPC status code.
 #[derive(Debug, thiserror::Error)]

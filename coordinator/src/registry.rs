@@ -27,6 +27,8 @@ pub struct WorkerEntry {
     pub registered: Instant,
     /// Rows of the shards it committed.
     pub rows_committed: u64,
+    /// Whether a poll answer told it that the run is finished.
+    pub told_finished: bool,
 }
 
 /// Registered workers by id.
@@ -57,6 +59,7 @@ impl Registry {
             accepting: true,
             registered: now,
             rows_committed: 0,
+            told_finished: false,
         };
         self.workers
             .insert(entry.info.worker_id.clone(), entry)
@@ -72,6 +75,13 @@ impl Registry {
         entry.free_slots = poll.free_slots;
         entry.accepting = poll.accepting;
         Some(entry)
+    }
+
+    /// Notes that `worker_id` was told the run is finished.
+    pub fn mark_told_finished(&mut self, worker_id: &str) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.told_finished = true;
+        }
     }
 
     /// Adds `rows` to what `worker_id` has committed.

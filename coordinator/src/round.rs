@@ -56,6 +56,34 @@ pub enum RoundError {
     /// Store access failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The round was opened before with another plan.
+    #[error(
+        "{path} records round {round}'s plan as {recorded}, but this run plans {now} ({field} differs): resume with the recorded settings, or write to a new --output"
+    )]
+    PlanChanged {
+        /// The plan record.
+        path: String,
+        /// Round.
+        round: u32,
+        /// The setting that differs first.
+        field: &'static str,
+        /// The recorded plan, summarised.
+        recorded: String,
+        /// This run's plan, summarised.
+        now: String,
+    },
+    /// A commit record does not belong to the recorded plan or the round's bundles.
+    #[error(
+        "commit record {path} does not match round {round}: {message}; refusing to count it (move it away if it came from another run)"
+    )]
+    CommitMismatch {
+        /// Where.
+        path: String,
+        /// Round.
+        round: u32,
+        /// What differs.
+        message: String,
+    },
     /// A commit record is unreadable.
     #[error("commit record {path}: {message}")]
     BadCommit {
@@ -100,6 +128,81 @@ pub struct Round {
     manifest_written: bool,
 }
 
+/// `{round}/_plan.json`: the plan a round was opened with, created once (create-only) and
+/// compared on every later open, so a resumed round never maps commit records onto a
+/// different plan.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlanRecord {
+    /// [`RECORD_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Round.
+    pub round: u32,
+    /// Input prefix.
+    pub input_url: String,
+    /// Target rows per shard.
+    pub target_shard_rows: u64,
+    /// Column mapping.
+    pub mapping: ColumnMapping,
+    /// sha256 of the captioner's bundle.json.
+    pub captioner_sha256: String,
+    /// sha256 of the filter's bundle.json.
+    pub filter_sha256: String,
+    /// CapFilt parameters.
+    pub params: CapfiltParams,
+    /// The shards.
+    pub shards: Vec<ShardRef>,
+}
+
+impl PlanRecord {
+    fn of(spec: &RoundSpec, plan: &Plan) -> Self {
+        Self {
+            format_version: RECORD_FORMAT_VERSION,
+            round: spec.round,
+            input_url: spec.input.clone(),
+            target_shard_rows: spec.target_shard_rows,
+            mapping: spec.mapping.clone(),
+            captioner_sha256: spec.captioner.bundle_json_sha256.clone(),
+            filter_sha256: spec.filter.bundle_json_sha256.clone(),
+            params: spec.params.clone(),
+            shards: plan.shards.clone(),
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "input {}, target_shard_rows {}, {} shards, captioner {:.12}, filter {:.12}",
+            self.input_url,
+            self.target_shard_rows,
+            self.shards.len(),
+            self.captioner_sha256,
+            self.filter_sha256
+        )
+    }
+
+    /// The first field that differs from `other`.
+    fn first_difference(&self, other: &PlanRecord) -> Option<&'static str> {
+        if self.input_url != other.input_url {
+            Some("input")
+        } else if self.target_shard_rows != other.target_shard_rows {
+            Some("target_shard_rows")
+        } else if self.mapping != other.mapping {
+            Some("column mapping")
+        } else if self.captioner_sha256 != other.captioner_sha256 {
+            Some("captioner bundle")
+        } else if self.filter_sha256 != other.filter_sha256 {
+            Some("filter bundle")
+        } else if self.params != other.params {
+            Some("capfilt parameters")
+        } else if self.shards != other.shards {
+            Some("input files (the listing changed)")
+        } else if self.round != other.round {
+            Some("round")
+        } else {
+            None
+        }
+    }
+}
+
 /// Path of a shard's commit record under the round prefix.
 pub fn commit_path(shard_id: &str) -> String {
     format!("_commits/{shard_id}.json")
@@ -112,6 +215,19 @@ impl Round {
         let plan = planner::plan(&input, &spec.mapping, spec.target_shard_rows).await?;
         let out = store::resolve(&spec.output, &spec.store_options)?;
         store::verify_create_only(&out).await?;
+        let wanted = PlanRecord::of(&spec, &plan);
+        let plan_loc = out.child("_plan.json");
+        let (recorded, _) =
+            crate::bootstrap::record::create_json(&plan_loc, wanted.clone()).await?;
+        if let Some(field) = recorded.first_difference(&wanted) {
+            return Err(RoundError::PlanChanged {
+                path: plan_loc.display.clone(),
+                round: spec.round,
+                field,
+                recorded: recorded.summary(),
+                now: wanted.summary(),
+            });
+        }
         let index = plan
             .shards
             .iter()
@@ -145,8 +261,9 @@ impl Round {
             let Some(shard_id) = name.strip_suffix(".json") else {
                 continue;
             };
-            if round.index.contains_key(shard_id) {
+            if let Some(&i) = round.index.get(shard_id) {
                 let record = round.read_commit(shard_id).await?;
+                round.check_commit(&record, i)?;
                 round.apply_commit(record);
             }
         }
@@ -158,6 +275,47 @@ impl Round {
             "round state rebuilt from the output store"
         );
         Ok(round)
+    }
+
+    /// Refuses a commit record that belongs to another plan or other bundles.
+    fn check_commit(&self, record: &CommitRecord, i: usize) -> Result<(), RoundError> {
+        let planned = &self.plan.shards[i];
+        let spec = &self.spec;
+        let message = if record.shard != *planned {
+            Some(format!(
+                "it covers {} row groups {}+{} ({} rows), the recorded plan has {} row groups {}+{} ({} rows)",
+                record.shard.file,
+                record.shard.first_row_group,
+                record.shard.num_row_groups,
+                record.shard.num_rows,
+                planned.file,
+                planned.first_row_group,
+                planned.num_row_groups,
+                planned.num_rows
+            ))
+        } else if record.captioner_sha256 != spec.captioner.bundle_json_sha256
+            || record.filter_sha256 != spec.filter.bundle_json_sha256
+        {
+            Some(format!(
+                "it was made with captioner {:.12} / filter {:.12}, the round runs {:.12} / {:.12}",
+                record.captioner_sha256,
+                record.filter_sha256,
+                spec.captioner.bundle_json_sha256,
+                spec.filter.bundle_json_sha256
+            ))
+        } else if record.round != spec.round {
+            Some(format!("it is a round {} record", record.round))
+        } else {
+            None
+        };
+        match message {
+            Some(message) => Err(RoundError::CommitMismatch {
+                path: self.out.child(&commit_path(&planned.shard_id)).display,
+                round: spec.round,
+                message,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The spec.

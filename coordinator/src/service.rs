@@ -32,27 +32,57 @@ impl Default for Timing {
     }
 }
 
+/// What the service tells workers and `GetStatus` about the bootstrap run driving it.
+#[derive(Debug, Clone, Default)]
+pub struct RunView {
+    /// The run's status message (phase, round, rounds table); `None` for a bare round.
+    pub status: Option<v1::RunStatus>,
+    /// Whether workers are told the run is finished.
+    pub finished: bool,
+    /// Why no work is offered between rounds (e.g. "training after round 1").
+    pub waiting_for: String,
+}
+
 /// State shared by the service's handlers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CoordinatorService {
     instance: String,
     started: Instant,
     timing: Timing,
     registry: Arc<Mutex<Registry>>,
-    round: Option<Arc<Mutex<Round>>>,
+    round: Arc<Mutex<Option<Round>>>,
+    run: Arc<Mutex<RunView>>,
     wake: Arc<Notify>,
     done: watch::Sender<Option<RoundManifest>>,
+}
+
+/// The current round, locked.
+pub(crate) struct RoundGuard<'a>(MutexGuard<'a, Option<Round>>);
+
+impl std::ops::Deref for RoundGuard<'_> {
+    type Target = Round;
+    fn deref(&self) -> &Round {
+        // Only built over a slot that holds a round (see `CoordinatorService::round`).
+        self.0.as_ref().expect("a round guard holds a round")
+    }
+}
+
+impl std::ops::DerefMut for RoundGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Round {
+        self.0.as_mut().expect("a round guard holds a round")
+    }
 }
 
 impl CoordinatorService {
     /// A coordinator with no round planned.
     pub fn new(timing: Timing) -> Self {
         Self {
-            instance: format!("{:016x}", unix_ms() ^ u64::from(std::process::id()) << 40),
+            instance: format!("{:016x}", unix_ms() ^ (u64::from(std::process::id()) << 40)),
             started: Instant::now(),
             timing,
             registry: Arc::default(),
-            round: None,
+            round: Arc::default(),
+            run: Arc::default(),
             wake: Arc::default(),
             done: watch::channel(None).0,
         }
@@ -60,10 +90,52 @@ impl CoordinatorService {
 
     /// A coordinator scheduling `round` (opened with [`Round::open`]).
     pub fn with_round(timing: Timing, round: Round) -> Self {
-        Self {
-            round: Some(Arc::new(Mutex::new(round))),
-            ..Self::new(timing)
-        }
+        let s = Self::new(timing);
+        s.install_round(round);
+        s
+    }
+
+    /// This coordinator process's instance id (changes on restart).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The timing handed to workers.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Makes `round` the round whose shards are leased; its manifest is awaited with
+    /// [`CoordinatorService::subscribe_done`]. Leases of the previous round are cancelled at the
+    /// workers' next heartbeat.
+    pub fn install_round(&self, round: Round) {
+        let _ = self.done.send(None);
+        *self.round.lock().unwrap_or_else(|p| p.into_inner()) = Some(round);
+        self.wake.notify_one();
+    }
+
+    /// Stops leasing: no round is current.
+    pub fn clear_round(&self) {
+        *self.round.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Sets what workers and status are told about the run.
+    pub fn set_run_view(&self, view: RunView) {
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    fn run_view(&self) -> RunView {
+        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether every worker heard from within the lease timeout has been told that the run
+    /// is finished (so a coordinator that exits when done leaves no worker waiting for it).
+    pub fn workers_told_finished(&self) -> bool {
+        let horizon = self.timing.lease_timeout;
+        self.registry()
+            .iter()
+            .filter(|w| w.last_seen.elapsed() < horizon)
+            .all(|w| w.told_finished)
     }
 
     /// Receives the round's manifest once it is written.
@@ -71,37 +143,33 @@ impl CoordinatorService {
         self.done.subscribe()
     }
 
-    fn round(&self) -> Option<MutexGuard<'_, Round>> {
-        self.round
-            .as_ref()
-            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()))
+    pub(crate) fn round(&self) -> Option<RoundGuard<'_>> {
+        let guard = self.round.lock().unwrap_or_else(|p| p.into_inner());
+        guard.is_some().then(|| RoundGuard(guard))
     }
 
-    /// Expires lost leases and, once every shard is final, writes the manifest; returns when
-    /// `stop` fires. Runs beside the gRPC server.
+    /// Expires lost leases and, once every shard is final, writes the manifest. Runs beside the
+    /// gRPC server, over whichever round is current.
     pub(crate) fn sweeper(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let round = self.round.clone();
-        let wake = self.wake.clone();
-        let done = self.done.clone();
+        let service = self.clone();
         let period = (self.timing.lease_timeout / 4)
             .clamp(Duration::from_millis(20), Duration::from_secs(5));
         async move {
-            let Some(round) = round else { return };
             loop {
-                let pending = {
-                    let mut r = round.lock().unwrap_or_else(|p| p.into_inner());
+                let pending = service.round().and_then(|mut r| {
                     r.tick(Instant::now());
                     (r.is_done() && !r.manifest_written())
                         .then(|| (r.output().clone(), r.manifest()))
-                };
+                });
                 if let Some((out, manifest)) = pending {
                     match write_manifest(&out, &manifest).await {
                         Ok(()) => {
-                            round
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .mark_manifest_written();
-                            let _ = done.send(Some(manifest));
+                            if let Some(mut r) = service.round()
+                                && r.spec().round == manifest.round
+                            {
+                                r.mark_manifest_written();
+                            }
+                            let _ = service.done.send(Some(manifest));
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "writing the round manifest failed; retrying")
@@ -110,7 +178,7 @@ impl CoordinatorService {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
-                    _ = wake.notified() => {}
+                    _ = service.wake.notified() => {}
                 }
             }
         }
@@ -180,6 +248,8 @@ impl CoordinatorService {
     }
 
     fn status(&self) -> v1::GetStatusResponse {
+        let view = self.run_view();
+        let serving = self.round().is_some_and(|r| !r.manifest_written());
         let registry = self.registry();
         let workers = registry
             .iter()
@@ -196,6 +266,17 @@ impl CoordinatorService {
                 rows_per_s: (w.rows_committed + w.leases.iter().map(|l| l.rows_done).sum::<u64>())
                     as f64
                     / w.registered.elapsed().as_secs_f64().max(1e-3),
+                state: if !w.leases.is_empty() {
+                    "working".into()
+                } else if !w.accepting {
+                    "draining".into()
+                } else if view.finished {
+                    "idle: run finished".into()
+                } else if !serving && !view.waiting_for.is_empty() {
+                    format!("idle: {}", view.waiting_for)
+                } else {
+                    "idle".into()
+                },
             })
             .collect();
         drop(registry);
@@ -253,6 +334,7 @@ impl CoordinatorService {
             workers,
             shard_list,
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            run: view.status,
         }
     }
 }
@@ -307,8 +389,9 @@ impl Coordinator for CoordinatorService {
             }
         }
         let Some(mut round) = self.round() else {
-            // No round is planned on this coordinator, so no lease a worker reports is one of
-            // ours: tell it to drop them rather than let it commit work nobody scheduled.
+            // No round is being served (none planned, or between rounds), so no lease a worker
+            // reports is one of ours: tell it to drop them rather than let it commit work
+            // nobody scheduled.
             let cancellations = req
                 .leases
                 .iter()
@@ -318,23 +401,39 @@ impl Coordinator for CoordinatorService {
                     reason: v1::CancelReason::UnknownLease.into(),
                 })
                 .collect();
+            let view = self.run_view();
+            let run_state = if view.finished {
+                self.registry().mark_told_finished(&req.worker_id);
+                v1::RunState::Finished
+            } else {
+                v1::RunState::Waiting
+            };
             return Ok(Response::new(v1::PollWorkResponse {
                 new_leases: Vec::new(),
                 cancellations,
                 next_poll_ms: millis(self.timing.poll_interval),
+                run_state: run_state.into(),
+                waiting_for: view.waiting_for,
             }));
         };
         let timeout = self.timing.lease_timeout;
         let mut cancellations = Vec::new();
+        let current = round.spec().round;
         for l in &req.leases {
-            if let Some(cancel) = round.heartbeat(
-                &req.worker_id,
-                &l.shard_id,
-                l.attempt,
-                l.rows_done,
-                now,
-                timeout,
-            ) {
+            let other_round = l.round != 0 && l.round != current;
+            let verdict = if other_round {
+                Some(Cancel::Unknown)
+            } else {
+                round.heartbeat(
+                    &req.worker_id,
+                    &l.shard_id,
+                    l.attempt,
+                    l.rows_done,
+                    now,
+                    timeout,
+                )
+            };
+            if let Some(cancel) = verdict {
                 let reason = match cancel {
                     Cancel::Expired => v1::CancelReason::LeaseExpired,
                     Cancel::Committed => v1::CancelReason::AlreadyCommitted,
@@ -359,6 +458,8 @@ impl Coordinator for CoordinatorService {
             new_leases,
             cancellations,
             next_poll_ms: millis(self.timing.poll_interval),
+            run_state: v1::RunState::Active.into(),
+            waiting_for: String::new(),
         }))
     }
 
@@ -372,23 +473,34 @@ impl Coordinator for CoordinatorService {
             return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
         }
         let commit = req.commit.unwrap_or_default();
+        let unknown = || CoordinatorError::UnknownLease {
+            shard_id: commit.shard_id.clone(),
+            attempt: commit.attempt,
+        };
         let out = match self.round() {
-            Some(r) if r.has_shard(&commit.shard_id) => r.output().clone(),
-            _ => {
-                return Err(CoordinatorError::UnknownLease {
-                    shard_id: commit.shard_id,
-                    attempt: commit.attempt,
-                }
+            Some(r)
+                if r.has_shard(&commit.shard_id)
+                    && (req.round == 0 || req.round == r.spec().round) =>
+            {
+                r.output().clone()
+            }
+            _ => return Err(unknown().into()),
+        };
+        // The store is the source of truth: follow the commit record, not the report.
+        let record = match read_commit(&out, &commit.shard_id).await {
+            Ok(record) => record,
+            Err(crate::RoundError::Store(capfilt_schemas::store::StoreError::Io {
+                source: object_store::Error::NotFound { .. },
+                ..
+            })) => return Err(unknown().into()),
+            Err(e) => {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "shard {} reported committed, but: {e}",
+                    commit.shard_id
+                ))
                 .into());
             }
         };
-        // The store is the source of truth: follow the commit record, not the report.
-        let record = read_commit(&out, &commit.shard_id).await.map_err(|e| {
-            CoordinatorError::InvalidRequest(format!(
-                "shard {} reported committed, but: {e}",
-                commit.shard_id
-            ))
-        })?;
         let winner = record.attempt;
         if record.worker_id == req.worker_id {
             self.registry()
@@ -412,6 +524,15 @@ impl Coordinator for CoordinatorService {
             return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
         }
         let kind = req.kind();
+        let served = self.round().map(|r| r.spec().round);
+        if req.round != 0 && served != Some(req.round) {
+            // A report about a round that is no longer served: its shard is final there.
+            return Err(CoordinatorError::UnknownLease {
+                shard_id: req.shard_id,
+                attempt: req.attempt,
+            }
+            .into());
+        }
         if kind == v1::FailureKind::CommitConflict {
             // Another attempt committed first: pick up its record.
             let out = self

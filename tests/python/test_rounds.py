@@ -66,7 +66,7 @@ def test_two_rounds_record_everything_and_resume_without_redoing(bench, tmp_path
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert mtimes(before_paths := [Path(p) for p in before]) == before, before_paths
-    assert "trainer stage already done" in again.stderr
+    assert "the run is already finished" in again.stderr
 
 
 def test_kill_during_training_resumes_without_redoing_round_one(bench, tmp_path) -> None:

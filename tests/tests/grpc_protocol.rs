@@ -187,6 +187,7 @@ async fn unknown_workers_and_leases_are_refused_with_their_names() -> anyhow::Re
         attempt: 1,
         rows_done: 5,
         rows_total: 10,
+        round: 1,
     };
     let reply = client
         .poll_work(poll("w1", PROTOCOL_VERSION, vec![lease]))
@@ -198,6 +199,8 @@ async fn unknown_workers_and_leases_are_refused_with_their_names() -> anyhow::Re
         reply.cancellations[0].reason(),
         v1::CancelReason::UnknownLease
     );
+    // With no run, the worker is told to wait rather than that the run is finished.
+    assert_eq!(reply.run_state(), v1::RunState::Waiting);
     // ...and cannot be completed or failed.
     let e = client
         .complete_shard(v1::CompleteShardRequest {

@@ -162,6 +162,87 @@ async fn a_schema_that_does_not_fit_the_mapping_stops_the_plan() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_round_whose_plan_changed_is_refused_naming_the_recorded_plan() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 2, 40, 10);
+    let out = tmp.path().join("out").display().to_string();
+    let input = data.dir.display().to_string();
+    let first = Round::open(round_spec(&input, &out, 20, Vec::new()))
+        .await
+        .expect("first open records the plan");
+    assert_eq!(first.plan().shards.len(), 4);
+    drop(first);
+    // The same settings open again...
+    Round::open(round_spec(&input, &out, 20, Vec::new()))
+        .await
+        .expect("same plan");
+    // ...another target does not.
+    let err = Round::open(round_spec(&input, &out, 10, Vec::new()))
+        .await
+        .expect_err("plan changed");
+    let msg = err.to_string();
+    assert!(matches!(err, RoundError::PlanChanged { .. }), "{msg}");
+    assert!(
+        msg.contains("_plan.json")
+            && msg.contains("target_shard_rows 20, 4 shards")
+            && msg.contains("target_shard_rows 10, 8 shards")
+            && msg.contains("(target_shard_rows differs)"),
+        "{msg}"
+    );
+    // Other parameters count too: a different threshold would mix two rounds in one output.
+    let mut spec = round_spec(&input, &out, 20, Vec::new());
+    spec.params.threshold = 0.9;
+    let err = Round::open(spec).await.expect_err("params changed");
+    assert!(
+        err.to_string().contains("capfilt parameters differs"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commit_records_of_other_bundles_or_another_plan_are_refused_on_restart() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 1, 40, 10);
+    let out_dir = tmp.path().join("out");
+    let out = out_dir.display().to_string();
+    let input = data.dir.display().to_string();
+    let m = run_round(
+        round_spec(&input, &out, 20, Vec::new()),
+        2,
+        &tmp.path().join("cache"),
+    )
+    .await;
+    let shard = m.shards[0].shard.shard_id.clone();
+    let commit = out_dir.join(format!("_commits/{shard}.json"));
+    let original = std::fs::read(&commit).expect("commit record");
+    // A record made with another captioner.
+    let mut record: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    record["captioner_sha256"] = serde_json::json!("0".repeat(64));
+    std::fs::write(&commit, serde_json::to_vec(&record).expect("json")).expect("write");
+    let err = Round::open(round_spec(&input, &out, 20, Vec::new()))
+        .await
+        .expect_err("other bundles");
+    assert!(matches!(err, RoundError::CommitMismatch { .. }), "{err}");
+    assert!(
+        err.to_string().contains("made with captioner 000000000000"),
+        "{err}"
+    );
+    // A record covering other rows than the recorded plan's shard of that id.
+    let mut record: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    record["shard"]["num_rows"] = serde_json::json!(7);
+    std::fs::write(&commit, serde_json::to_vec(&record).expect("json")).expect("write");
+    let err = Round::open(round_spec(&input, &out, 20, Vec::new()))
+        .await
+        .expect_err("other rows");
+    assert!(err.to_string().contains("(7 rows)"), "{err}");
+    std::fs::write(&commit, original).expect("restore");
+    let reopened = Round::open(round_spec(&input, &out, 20, Vec::new()))
+        .await
+        .expect("the genuine record is accepted");
+    assert!(reopened.is_done());
+}
+
 // --- S3 (moto on loopback) ---------------------------------------------------------------
 
 struct Server(Child);

@@ -93,13 +93,14 @@ impl Cluster {
     }
 
     fn coordinator(&self, name: &str, target_rows: u64) -> Proc {
+        self.coordinator_on(name, target_rows, self.port)
+    }
+
+    fn coordinator_on(&self, name: &str, target_rows: u64, port: u16) -> Proc {
         let child = Command::new(capfilt_bin())
-            .args([
-                "coordinator",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-            ])
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--poll-interval-ms", "50", "--lease-timeout-ms", "1500"])
+            .args(["--output-lease-s", "2"])
             .arg("--input")
             .arg(&self.data.dir)
             .arg("--output")
@@ -357,6 +358,13 @@ async fn a_coordinator_killed_mid_round_restarts_without_redoing_committed_shard
             && n.committed + n.quarantined < (n.pending + n.leased + n.committed + n.quarantined)
     })
     .await;
+    // While the first coordinator lives, a second one on the same output is refused (exit 2).
+    let mut second = c.coordinator_on("coordinator-dup", 48, free_port());
+    wait_exit(&c, &mut second, 60).await;
+    assert_eq!(second.child.wait().expect("status").code(), Some(2));
+    let said = std::fs::read_to_string(c.logs.join("coordinator-dup.err.log")).expect("log");
+    assert!(said.contains("is held by coordinator"), "{said}");
+
     coordinator.signal("-KILL");
     wait_exit(&c, &mut coordinator, 30).await;
     let before = commits(&c);
@@ -366,13 +374,29 @@ async fn a_coordinator_killed_mid_round_restarts_without_redoing_committed_shard
         .map(|id| (id.clone(), data_files(&c, id)))
         .collect();
 
-    let mut restarted = c.coordinator("coordinator-2", 48);
+    // The dead coordinator's lease on the output lapses (2 s); until then a successor is
+    // refused, after it the successor takes over and finishes the round.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut restarted = loop {
+        let mut p = c.coordinator("coordinator-2", 48);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !p.exited() || p.child.wait().ok().and_then(|s| s.code()) != Some(2) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never took over\n{}",
+            c.logs_text()
+        );
+    };
     wait_exit(&c, &mut restarted, 180).await;
     assert!(
         restarted.child.wait().expect("status").success(),
         "{}",
         c.logs_text()
     );
+    let took = std::fs::read_to_string(c.logs.join("coordinator-2.err.log")).expect("log");
+    assert!(took.contains("took over the output"), "{took}");
     let m = manifest(&c);
     assert_exactly_once(&c.data, &c.round_dir(), &m, &BTreeSet::new());
     let after = commits(&c);

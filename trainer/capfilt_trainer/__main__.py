@@ -42,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--no-record", action="store_true", help="print only; leave bundle.json unchanged")
     v.add_argument("--json", action="store_true", help="also print the figures as one JSON line on stdout")
 
+    s = sub.add_parser("stage", help="run one trainer-stage job of a bootstrap run (its spec names every input and output by URL)")
+    s.add_argument("--spec", required=True, help="URL of the job's spec JSON (written by the coordinator)")
+    s.add_argument("--work", help="local work folder (default: a temporary one)")
+
     g = sub.add_parser("golden", help="write golden outputs (HF reference) for the Rust parity tests")
     g.add_argument("--captioner", required=True)
     g.add_argument("--filter", required=True)
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate_cli
 
             evaluate_cli(args)
+        elif args.command == "stage":
+            from .stage import stage
+
+            stage(args)
         elif args.command == "golden":
             from .golden import golden
 

@@ -60,6 +60,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// Longest wait between retries when the coordinator is unreachable.
     pub max_backoff: Duration,
+    /// Exit once the coordinator reports its run finished (else wait for the next run).
+    pub exit_when_done: bool,
 }
 
 impl WorkerConfig {
@@ -81,6 +83,7 @@ impl WorkerConfig {
             limits: ImageLimits::default(),
             drain_timeout: Duration::from_secs(300),
             max_backoff: Duration::from_secs(5),
+            exit_when_done: false,
         }
     }
 }
@@ -124,8 +127,13 @@ enum Outcome {
     Failed(v1::FailShardRequest),
 }
 
+/// An active lease: (round, shard id, attempt), so a stale task of an older lease of the same
+/// shard never touches a fresh one.
+type LeaseKey = (u32, String, u32);
+
 struct Active {
     attempt: u32,
+    round: u32,
     rows_done: Arc<AtomicU64>,
     rows_total: u64,
     cancel: Arc<AtomicBool>,
@@ -137,8 +145,10 @@ struct Shared {
     config: WorkerConfig,
     compute: Semaphore,
     engines: Mutex<Vec<(EngineKey, Engine)>>,
+    /// The bundles of the newest lease: engines of other bundles are evicted when idle.
+    current_engine: Mutex<Option<EngineKey>>,
     outcomes: Mutex<Vec<Outcome>>,
-    active: Mutex<HashMap<String, Active>>,
+    active: Mutex<HashMap<LeaseKey, Active>>,
     finished: Notify,
     summary: Mutex<WorkerSummary>,
     verified_outputs: Mutex<Vec<String>>,
@@ -166,6 +176,7 @@ pub async fn run_worker(
     let shared = Arc::new(Shared {
         compute: Semaphore::new(config.slots.max(1) as usize),
         engines: Mutex::new(Vec::new()),
+        current_engine: Mutex::new(None),
         outcomes: Mutex::new(Vec::new()),
         active: Mutex::new(HashMap::new()),
         finished: Notify::new(),
@@ -179,6 +190,7 @@ pub async fn run_worker(
     let mut registered = false;
     let mut backoff = Duration::from_millis(100);
     let mut poll_every: Duration;
+    let mut last_run_state = v1::RunState::Unspecified;
     loop {
         if draining.is_none() && futures::poll!(&mut shutdown).is_ready() {
             tracing::info!(worker = %cfg.worker_id, "shutting down: finishing current leases, taking no new work");
@@ -258,11 +270,12 @@ pub async fn run_worker(
             let active = lock(&shared.active);
             let leases: Vec<v1::LeaseProgress> = active
                 .iter()
-                .map(|(id, a)| v1::LeaseProgress {
+                .map(|((_, id, _), a)| v1::LeaseProgress {
                     shard_id: id.clone(),
                     attempt: a.attempt,
                     rows_done: a.rows_done.load(Ordering::Relaxed),
                     rows_total: a.rows_total,
+                    round: a.round,
                 })
                 .collect();
             // One lease beyond the compute slots: its input is fetched while others compute.
@@ -283,18 +296,41 @@ pub async fn run_worker(
             Ok(r) => {
                 backoff = Duration::from_millis(100);
                 let r = r.into_inner();
-                for c in r.cancellations {
-                    if let Some(a) = lock(&shared.active).get(&c.shard_id)
-                        && a.attempt == c.attempt
-                    {
-                        tracing::info!(shard = %c.shard_id, attempt = c.attempt, reason = ?c.reason(), "lease cancelled by the coordinator");
-                        a.cancel.store(true, Ordering::Relaxed);
+                let run_state = r.run_state();
+                for c in &r.cancellations {
+                    for ((_, shard, attempt), a) in lock(&shared.active).iter() {
+                        if *shard == c.shard_id && *attempt == c.attempt {
+                            tracing::info!(shard = %c.shard_id, attempt = c.attempt, reason = ?c.reason(), "lease cancelled by the coordinator");
+                            a.cancel.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
+                let got_work = !r.new_leases.is_empty();
                 for lease in r.new_leases {
                     start_lease(&shared, lease);
                 }
                 poll_every = Duration::from_millis(r.next_poll_ms.max(10));
+                if run_state != last_run_state || (got_work && run_state != v1::RunState::Active) {
+                    match run_state {
+                        v1::RunState::Waiting => {
+                            tracing::info!(waiting_for = %r.waiting_for, "idle: the coordinator is between rounds")
+                        }
+                        v1::RunState::Finished => tracing::info!(
+                            exit_when_done = cfg.exit_when_done,
+                            "the coordinator's run is finished"
+                        ),
+                        _ => {}
+                    }
+                    last_run_state = run_state;
+                }
+                if run_state == v1::RunState::Finished
+                    && cfg.exit_when_done
+                    && lock(&shared.active).is_empty()
+                    && lock(&shared.outcomes).is_empty()
+                {
+                    tracing::info!(worker = %cfg.worker_id, "run finished: exiting (--exit-when-done)");
+                    break;
+                }
             }
             Err(s)
                 if s.code() == tonic::Code::FailedPrecondition
@@ -352,10 +388,12 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
     };
     let rows_done = Arc::new(AtomicU64::new(0));
     let cancel = Arc::new(AtomicBool::new(false));
+    let key: LeaseKey = (lease.round, spec.shard_id.clone(), lease.attempt);
     lock(&shared.active).insert(
-        spec.shard_id.clone(),
+        key.clone(),
         Active {
             attempt: lease.attempt,
+            round: lease.round,
             rows_done: rows_done.clone(),
             rows_total: spec.num_rows,
             cancel: cancel.clone(),
@@ -366,6 +404,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
     tokio::spawn(async move {
         let shard_id = spec.shard_id.clone();
         let attempt = lease.attempt;
+        let round = lease.round;
         let result = run_lease(&shared, &lease, rows_done, cancel.clone()).await;
         let worker_id = shared.config.worker_id.clone();
         let outcome = match result {
@@ -398,7 +437,17 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
                 )))
             }
         };
-        lock(&shared.active).remove(&shard_id);
+        lock(&shared.active).remove(&key);
+        let outcome = outcome.map(|o| match o {
+            Outcome::Committed(mut req) => {
+                req.round = round;
+                Outcome::Committed(req)
+            }
+            Outcome::Failed(mut req) => {
+                req.round = round;
+                Outcome::Failed(req)
+            }
+        });
         if let Some(o) = outcome {
             lock(&shared.outcomes).push(o);
         }
@@ -422,6 +471,7 @@ fn fail_request(
         error: f.error,
         retryable: f.retryable,
         count_to_failures: counted,
+        round: 0,
     }
 }
 
@@ -553,7 +603,15 @@ async fn run_lease(
     let key: EngineKey = (cap.sha256.clone(), fil.sha256.clone());
     let params = step_params(lease);
     let pooled = {
+        *lock(&shared.current_engine) = Some(key.clone());
         let mut engines = lock(&shared.engines);
+        // A long-lived worker must not accumulate models: engines of bundles that are no
+        // longer leased are dropped (their sessions and device memory freed).
+        let before = engines.len();
+        engines.retain(|(k, _)| *k == key);
+        if engines.len() < before {
+            tracing::info!(evicted = before - engines.len(), captioner = %key.0, filter = %key.1, "engines of older bundles evicted");
+        }
         engines
             .iter()
             .position(|(k, _)| *k == key)
@@ -591,7 +649,11 @@ async fn run_lease(
     .map_err(|e| fail(K::Internal, format!("shard task panicked: {e}")))?;
     drop(permit);
     let (engine, result) = computed.map_err(|e| fail(K::ModelLoad, e))?;
-    lock(&shared.engines).push((key, engine));
+    if lock(&shared.current_engine).as_ref() == Some(&key) {
+        lock(&shared.engines).push((key, engine));
+    } else {
+        tracing::info!(captioner = %key.0, filter = %key.1, "engine of older bundles evicted");
+    }
     let (tables, mut stats) = match result {
         Ok(r) => r,
         Err(InferError::Cancelled) => return Err(fail(K::Released, "lease cancelled")),
@@ -736,6 +798,7 @@ pub async fn commit_shard(
             tracing::info!(shard = %shard.shard_id, attempt, rows = record.counts.rows_in, "shard committed");
             Ok(LeaseResult::Committed(Box::new(v1::CompleteShardRequest {
                 protocol_version: PROTOCOL_VERSION,
+                round,
                 worker_id: worker_id.to_string(),
                 commit: Some(v1::CommitRecord {
                     shard_id: shard.shard_id.clone(),
