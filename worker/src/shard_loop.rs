@@ -127,13 +127,18 @@ enum Outcome {
     Failed(v1::FailShardRequest),
 }
 
-/// An active lease: (round, shard id, attempt), so a stale task of an older lease of the same
-/// shard never touches a fresh one.
-type LeaseKey = (u32, String, u32);
+/// An active lease: (coordinator generation, round, shard id, attempt), so a stale task of an
+/// older lease of the same shard never touches a fresh one, even when a restarted coordinator
+/// numbers attempts from 1 again. The generation counts the coordinator instances this worker
+/// has registered with.
+type LeaseKey = (u64, u32, String, u32);
 
 struct Active {
     attempt: u32,
     round: u32,
+    /// Granted by a coordinator instance that is gone: not reported in heartbeats, and a
+    /// failure report is dropped (the new coordinator never granted it).
+    orphaned: Arc<AtomicBool>,
     rows_done: Arc<AtomicU64>,
     rows_total: u64,
     cancel: Arc<AtomicBool>,
@@ -149,6 +154,8 @@ struct Shared {
     current_engine: Mutex<Option<EngineKey>>,
     outcomes: Mutex<Vec<Outcome>>,
     active: Mutex<HashMap<LeaseKey, Active>>,
+    /// Coordinator instances registered with so far (the generation of new leases).
+    generation: AtomicU64,
     finished: Notify,
     summary: Mutex<WorkerSummary>,
     verified_outputs: Mutex<Vec<String>>,
@@ -179,6 +186,7 @@ pub async fn run_worker(
         current_engine: Mutex::new(None),
         outcomes: Mutex::new(Vec::new()),
         active: Mutex::new(HashMap::new()),
+        generation: AtomicU64::new(0),
         finished: Notify::new(),
         summary: Mutex::new(WorkerSummary::default()),
         verified_outputs: Mutex::new(Vec::new()),
@@ -191,6 +199,7 @@ pub async fn run_worker(
     let mut backoff = Duration::from_millis(100);
     let mut poll_every: Duration;
     let mut last_run_state = v1::RunState::Unspecified;
+    let mut instance: Option<String> = None;
     loop {
         if draining.is_none() && futures::poll!(&mut shutdown).is_ready() {
             tracing::info!(worker = %cfg.worker_id, "shutting down: finishing current leases, taking no new work");
@@ -218,6 +227,22 @@ pub async fn run_worker(
                     let r = r.into_inner();
                     registered = true;
                     backoff = Duration::from_millis(100);
+                    if instance
+                        .as_ref()
+                        .is_some_and(|i| *i != r.coordinator_instance)
+                    {
+                        // A new coordinator process: the old one's leases are not its leases.
+                        // Stop them; their commits (if any) are in the store and get reported.
+                        let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                        for ((g, _, shard, attempt), a) in lock(&shared.active).iter() {
+                            if *g < generation {
+                                tracing::info!(shard = %shard, attempt, "lease of a previous coordinator instance dropped");
+                                a.orphaned.store(true, Ordering::Relaxed);
+                                a.cancel.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    instance = Some(r.coordinator_instance.clone());
                     tracing::info!(worker = %cfg.worker_id, coordinator = %cfg.coordinator, instance = %r.coordinator_instance, "registered");
                 }
                 Err(s) if status_is_permanent(&s) => {
@@ -270,7 +295,8 @@ pub async fn run_worker(
             let active = lock(&shared.active);
             let leases: Vec<v1::LeaseProgress> = active
                 .iter()
-                .map(|((_, id, _), a)| v1::LeaseProgress {
+                .filter(|(_, a)| !a.orphaned.load(Ordering::Relaxed))
+                .map(|((_, _, id, _), a)| v1::LeaseProgress {
                     shard_id: id.clone(),
                     attempt: a.attempt,
                     rows_done: a.rows_done.load(Ordering::Relaxed),
@@ -298,8 +324,11 @@ pub async fn run_worker(
                 let r = r.into_inner();
                 let run_state = r.run_state();
                 for c in &r.cancellations {
-                    for ((_, shard, attempt), a) in lock(&shared.active).iter() {
-                        if *shard == c.shard_id && *attempt == c.attempt {
+                    for ((_, _, shard, attempt), a) in lock(&shared.active).iter() {
+                        if *shard == c.shard_id
+                            && *attempt == c.attempt
+                            && !a.orphaned.load(Ordering::Relaxed)
+                        {
                             tracing::info!(shard = %c.shard_id, attempt = c.attempt, reason = ?c.reason(), "lease cancelled by the coordinator");
                             a.cancel.store(true, Ordering::Relaxed);
                         }
@@ -388,12 +417,19 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
     };
     let rows_done = Arc::new(AtomicU64::new(0));
     let cancel = Arc::new(AtomicBool::new(false));
-    let key: LeaseKey = (lease.round, spec.shard_id.clone(), lease.attempt);
+    let key: LeaseKey = (
+        shared.generation.load(Ordering::Relaxed),
+        lease.round,
+        spec.shard_id.clone(),
+        lease.attempt,
+    );
+    let orphaned = Arc::new(AtomicBool::new(false));
     lock(&shared.active).insert(
         key.clone(),
         Active {
             attempt: lease.attempt,
             round: lease.round,
+            orphaned: orphaned.clone(),
             rows_done: rows_done.clone(),
             rows_total: spec.num_rows,
             cancel: cancel.clone(),
@@ -438,6 +474,13 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
             }
         };
         lock(&shared.active).remove(&key);
+        let outcome = outcome.filter(|o| {
+            let drop = orphaned.load(Ordering::Relaxed) && matches!(o, Outcome::Failed(_));
+            if drop {
+                tracing::debug!(shard = %shard_id, attempt, "not reporting the end of a previous coordinator's lease");
+            }
+            !drop
+        });
         let outcome = outcome.map(|o| match o {
             Outcome::Committed(mut req) => {
                 req.round = round;
