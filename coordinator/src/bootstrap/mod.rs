@@ -10,6 +10,7 @@
 //! ([`crate::fence`]).
 
 pub mod gate;
+pub mod kubernetes;
 pub mod phase;
 pub mod record;
 pub mod trainer;
@@ -549,10 +550,7 @@ impl Controller {
         let (loc, url) = self.job_spec_loc(round, "train")?;
         write_json(&loc, &spec).await?;
         self.runner
-            .run(&TrainerJob::stage(
-                format!("capfilt-r{round:04}-train"),
-                url,
-            ))
+            .run(&TrainerJob::stage(round, "train", url))
             .await?;
         for kind in [BundleKind::Captioner, BundleKind::Filter] {
             self.new_bundle(round, kind).await?;
@@ -604,7 +602,7 @@ impl Controller {
                 let (loc, url) = self.job_spec_loc(round, "eval")?;
                 write_json(&loc, &spec).await?;
                 self.runner
-                    .run(&TrainerJob::stage(format!("capfilt-r{round:04}-eval"), url))
+                    .run(&TrainerJob::stage(round, "eval", url))
                     .await?;
                 read_json::<(Metrics, Metrics)>(&eval_loc)
                     .await?

@@ -21,6 +21,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub struct TrainerJob {
     /// A name unique in the run, usable as a Kubernetes object name (`capfilt-r0001-train`).
     pub name: String,
+    /// The round the job runs after.
+    pub round: u32,
+    /// `train` or `eval`.
+    pub task: String,
     /// URL of the job's spec (JSON) in the output store.
     pub spec_url: String,
     /// Arguments after `python -m capfilt_trainer`.
@@ -28,11 +32,13 @@ pub struct TrainerJob {
 }
 
 impl TrainerJob {
-    /// The `stage` job for the spec at `spec_url`.
-    pub fn stage(name: impl Into<String>, spec_url: impl Into<String>) -> Self {
+    /// The `stage` job of `task` after round `round`, for the spec at `spec_url`.
+    pub fn stage(round: u32, task: &str, spec_url: impl Into<String>) -> Self {
         let spec_url = spec_url.into();
         Self {
-            name: name.into(),
+            name: format!("capfilt-r{round:04}-{task}"),
+            round,
+            task: task.to_string(),
             args: vec!["stage".into(), "--spec".into(), spec_url.clone()],
             spec_url,
         }
@@ -221,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_job_reports_its_status_and_last_lines() {
         let (t, _d) = shell_trainer("echo 'error: no data' >&2; exit 3", Duration::from_secs(30));
-        let job = TrainerJob::stage("r1-train", "file:///x.json");
+        let job = TrainerJob::stage(1, "train", "file:///x.json");
         let err = t.run(&job).await.expect_err("fails");
         let msg = err.to_string();
         assert!(
@@ -236,7 +242,7 @@ mod tests {
             &format!("echo \"$@\" > {}/args", "$(dirname $0)"),
             Duration::from_secs(30),
         );
-        let job = TrainerJob::stage("r1-eval", "s3://b/run/round-0001/trainer/eval.json");
+        let job = TrainerJob::stage(1, "eval", "s3://b/run/round-0001/trainer/eval.json");
         t.run(&job).await.expect("succeeds");
         let args = std::fs::read_to_string(d.path().join("args")).expect("args written");
         assert!(
@@ -250,7 +256,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_past_its_timeout_is_stopped() {
         let (t, _d) = shell_trainer("sleep 30", Duration::from_millis(300));
-        let job = TrainerJob::stage("r1-train", "file:///x.json");
+        let job = TrainerJob::stage(1, "train", "file:///x.json");
         let err = t.run(&job).await.expect_err("times out");
         assert!(matches!(err, TrainerError::TimedOut { .. }), "{err}");
     }
