@@ -55,4 +55,24 @@ else
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req" -e "trainer[test]"
   echo "$want" > "$stamp"
 fi
+# 4. Offline validation of the Kubernetes manifests: kubectl (for `kubectl kustomize`; Debian's
+#    kubernetes-client when none is installed) and a venv with kubernetes-validate, checkov and
+#    hadolint (checkov's own pins conflict with the trainer's, hence a venv of its own).
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "installing Debian's kubernetes-client (kubectl with kustomize)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null
+fi
+kreq=scripts/requirements-k8s.txt
+kstamp=.venv-k8s/.capfilt-stamp
+kwant=$(sha256sum "$kreq" | cut -d' ' -f1)
+if [ -f "$kstamp" ] && [ "$(cat "$kstamp")" = "$kwant" ]; then
+  log "python venv .venv-k8s up to date"
+else
+  log "creating python venv .venv-k8s ($kreq)"
+  [ -x .venv-k8s/bin/python ] || python3 -m venv .venv-k8s
+  .venv-k8s/bin/python -m pip install --quiet --disable-pip-version-check -r "$kreq"
+  echo "$kwant" > "$kstamp"
+fi
 log "done"

@@ -242,7 +242,8 @@ pub fn run(args: RunArgs) -> CliResult {
             &args.options,
             &file,
             rounds,
-        )?;
+        )
+        .await?;
         if rounds == 1 && args.bootstrap.rounds.is_none() {
             // A single round may be numbered (`--round R`).
             let r = args.options.round.or(file.round).unwrap_or(1).max(1);

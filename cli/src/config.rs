@@ -37,6 +37,9 @@ pub struct FileConfig {
     /// Bootstrap rounds and the trainer stage.
     #[serde(default)]
     pub bootstrap: BootstrapSection,
+    /// Where the trainer stage runs.
+    #[serde(default)]
+    pub trainer: TrainerSection,
     /// Input column mapping: a preset name or explicit columns.
     pub columns: Option<ColumnsConfig>,
     /// Object-store options (`aws_endpoint`, `aws_allow_http`, `aws_region`, ...).
@@ -130,6 +133,22 @@ pub struct BootstrapSection {
     pub trainer_timeout_s: Option<u64>,
     /// The coordinator's lease on the output: a dead coordinator's output is free after it (seconds).
     pub output_lease_s: Option<f64>,
+}
+
+/// `[trainer]`: where the trainer stage runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSection {
+    /// `local` (a child process of the coordinator, the default) or `kubernetes` (a Job).
+    pub runner: Option<String>,
+    /// For `kubernetes`: the PodTemplate object the Jobs wrap [default: capfilt-trainer].
+    pub pod_template: Option<String>,
+    /// For `kubernetes`: a Job template file (YAML) instead of a PodTemplate object.
+    pub job_template: Option<PathBuf>,
+    /// Namespace of the Jobs [default: the service account's or the kubeconfig's].
+    pub namespace: Option<String>,
+    /// `ttlSecondsAfterFinished` of the Jobs [default: 86400].
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 /// `columns = "laion"` or `[columns] caption = "TEXT" ...`.

@@ -21,10 +21,40 @@ pub struct DoctorArgs {
     /// Device to run the test graph on: cpu or cuda:N.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: Device,
+    /// Also check this TOML config file (e.g. the one a Kubernetes ConfigMap carries): it must parse and its settings must fit together.
+    #[arg(long, env = "CAPFILT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Checks a config file the way `capfilt run|coordinator|worker` would read it.
+fn check_config(path: &std::path::Path) -> CliResult {
+    let file = crate::config::FileConfig::load(Some(path)).map_err(CliError::Usage)?;
+    crate::cluster::timing(&file, None, None)?;
+    match file.trainer.runner.as_deref() {
+        None | Some("local") | Some("kubernetes") => {}
+        Some(other) => {
+            return Err(CliError::Usage(anyhow::anyhow!(
+                "config {}: [trainer] runner must be local or kubernetes, not '{other}'",
+                path.display()
+            )));
+        }
+    }
+    let rounds = file.bootstrap.rounds.unwrap_or(1);
+    if rounds > 1 && (file.bootstrap.seed_data.is_none() || file.bootstrap.eval_data.is_none()) {
+        return Err(CliError::Usage(anyhow::anyhow!(
+            "config {}: [bootstrap] rounds = {rounds} needs seed_data and eval_data",
+            path.display()
+        )));
+    }
+    println!("config {}: ok", path.display());
+    Ok(())
 }
 
 /// Runs `capfilt doctor`.
 pub fn run(args: DoctorArgs) -> CliResult {
+    if let Some(path) = &args.config {
+        check_config(path)?;
+    }
     let mut config = OrtConfig::for_build();
     config.library = args.ort_library;
     let path = config.resolve().map_err(|e| CliError::Usage(e.into()))?;

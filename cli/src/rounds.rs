@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use capfilt_coordinator::RoundSpec;
+use capfilt_coordinator::bootstrap::kubernetes::{KubernetesTrainer, TemplateSource};
 use capfilt_coordinator::bootstrap::record::{BundlePair, Metrics, RunRecord, read_json};
-use capfilt_coordinator::bootstrap::trainer::LocalTrainer;
+use capfilt_coordinator::bootstrap::trainer::{LocalTrainer, TrainerRunner};
 use capfilt_coordinator::bootstrap::{
     BootstrapConfig, BootstrapError, RoundPlanner, TrainInit, round_dir,
 };
@@ -269,20 +270,54 @@ pub fn print_table(record: &RunRecord) {
     }
 }
 
+/// The runner of the trainer stage that `[trainer] runner` selects.
+pub async fn trainer_runner(
+    args: &BootstrapArgs,
+    file: &FileConfig,
+    options: &CapfiltOptions,
+    output: &str,
+) -> Result<Arc<dyn TrainerRunner>, CliError> {
+    let local = local_trainer(args, file, options, output);
+    match file.trainer.runner.as_deref() {
+        None | Some("local") => Ok(Arc::new(local)),
+        Some("kubernetes") => {
+            let source = match (&file.trainer.job_template, &file.trainer.pod_template) {
+                (Some(path), _) => TemplateSource::JobFile(path.display().to_string()),
+                (None, Some(name)) => TemplateSource::PodTemplate(name.clone()),
+                (None, None) => TemplateSource::PodTemplate("capfilt-trainer".into()),
+            };
+            let run_id = format!("{:.16x}", Sha256::digest(output.as_bytes()));
+            let k = KubernetesTrainer::from_environment(
+                &source,
+                file.trainer.namespace.as_deref(),
+                &run_id,
+            )
+            .await
+            .map_err(|e| CliError::Usage(e.into()))?
+            .with_timeout(local.timeout)
+            .with_ttl_after_finished(file.trainer.ttl_seconds_after_finished.unwrap_or(86_400));
+            Ok(Arc::new(k))
+        }
+        Some(other) => Err(usage(format!(
+            "[trainer] runner must be local or kubernetes, not '{other}'"
+        ))),
+    }
+}
+
 /// The planner, the trainer and the config of a run, ready for a controller.
-pub fn run_parts(
+pub async fn run_parts(
     round_args: &RoundArgs,
     args: &BootstrapArgs,
     options: &CapfiltOptions,
     file: &FileConfig,
     last_round: u32,
-) -> Result<(BootstrapConfig, Arc<CliPlanner>, Arc<LocalTrainer>), CliError> {
+) -> Result<(BootstrapConfig, Arc<CliPlanner>, Arc<dyn TrainerRunner>), CliError> {
     let config = bootstrap_config(round_args, args, file, last_round)?;
-    let trainer = local_trainer(args, file, options, &config.output);
+    let trainer = trainer_runner(args, file, options, &config.output).await?;
     let planner = CliPlanner {
         round_args: round_args.clone(),
         options: options.clone(),
         file: file.clone(),
     };
-    Ok((config, Arc::new(planner), Arc::new(trainer)))
+    Ok((config, Arc::new(planner), trainer))
 }

@@ -69,7 +69,8 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
             &args.options,
             &file,
             rounds,
-        )?;
+        )
+        .await?;
         if rounds == 1 && args.bootstrap.rounds.is_none() {
             let r = args.options.round.or(file.round).unwrap_or(1).max(1);
             config.first_round = r;

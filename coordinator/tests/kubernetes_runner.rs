@@ -114,7 +114,7 @@ fn api_server(
                 Some(respond(201, serde_json::to_vec(&created).expect("json")))
             } else if method == "GET" && path.starts_with(&jobs) && path.contains("watch=true") {
                 let j = job.clone().expect("watched a Job that exists");
-                let events = vec![
+                let events = [
                     json!({"type": "MODIFIED", "object": with_status(j.clone(), Finish::Never)}),
                     json!({"type": "MODIFIED", "object": with_status(j.clone(), finish)}),
                 ];
@@ -150,6 +150,13 @@ fn api_server(
             } else if method == "DELETE" && path.starts_with(&format!("{jobs}/")) {
                 let j = job.take().unwrap_or_else(status_404);
                 Some(respond(200, serde_json::to_vec(&j).expect("json")))
+            } else if method == "GET" && path.contains("/podtemplates/capfilt-trainer") {
+                Some(respond(200, serde_json::to_vec(&json!({
+                    "apiVersion": "v1", "kind": "PodTemplate",
+                    "metadata": {"name": "capfilt-trainer", "namespace": NS, "labels": {"app.kubernetes.io/part-of": "capfilt"}},
+                    "template": {"spec": {"restartPolicy": "Never", "containers": [
+                        {"name": "trainer", "image": "registry.example/capfilt-trainer:1.0", "command": ["python"]}]}}
+                })).expect("json")))
             } else if method == "GET" && path.contains("/pods/trainer-pod-1/log") {
                 log_served = true;
                 for (s, b) in held_watches.drain(..) {
@@ -327,6 +334,32 @@ async fn a_cancelled_stage_deletes_its_job() {
         .find(|(m, _, _)| m == "DELETE")
         .expect("delete");
     assert_eq!(body["propagationPolicy"], "Background");
+}
+
+#[tokio::test]
+async fn jobs_wrap_the_pod_template_deployed_with_the_manifests() {
+    let (client, seen) = api_server(None, Finish::Succeed, "[stage] training captioner\n");
+    let r = KubernetesTrainer::with_pod_template(client, NS, "capfilt-trainer", "1a2b3c4d5e6f7a8b")
+        .await
+        .expect("pod template read")
+        .with_poll(Duration::from_millis(20));
+    tokio::time::timeout(Duration::from_secs(20), r.run(&job()))
+        .await
+        .expect("finishes")
+        .expect("succeeds");
+    let seen = seen.lock().expect("lock");
+    let (_, _, created) = seen
+        .requests
+        .iter()
+        .find(|(m, _, _)| m == "POST")
+        .expect("create");
+    let c = &created["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "registry.example/capfilt-trainer:1.0");
+    assert_eq!(
+        created["spec"]["template"]["spec"]["restartPolicy"],
+        "Never"
+    );
+    assert_eq!(created["spec"]["backoffLimit"], 1);
 }
 
 #[test]

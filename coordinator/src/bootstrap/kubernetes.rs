@@ -18,7 +18,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::api::core::v1::{Pod, PodTemplate};
 use kube::api::{
     Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy, WatchEvent,
     WatchParams,
@@ -93,7 +94,62 @@ pub fn parse_template(path: &str, text: &str) -> Result<Job, KubernetesSetupErro
     Ok(job)
 }
 
+/// Where the trainer's Job template comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// A `core/v1 PodTemplate` object of that name in the namespace (what `k8s/` deploys, so
+    /// kustomize's `images:` sets the trainer image like every other image).
+    PodTemplate(String),
+    /// A `batch/v1 Job` YAML file.
+    JobFile(String),
+}
+
+/// A Job around the pod template `pt` (two tries per job; the stage resumes its own work).
+pub fn job_from_pod_template(pt: &PodTemplate) -> Result<Job, KubernetesSetupError> {
+    let name = pt.metadata.name.clone().unwrap_or_default();
+    let template = pt
+        .template
+        .clone()
+        .ok_or_else(|| KubernetesSetupError::Template {
+            path: format!("podtemplate/{name}"),
+            message: "no template".into(),
+        })?;
+    let job = Job {
+        metadata: kube::api::ObjectMeta {
+            labels: pt.metadata.labels.clone(),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(1),
+            template,
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let yaml = serde_json::to_string(&job).unwrap_or_default();
+    parse_template(&format!("podtemplate/{name}"), &yaml)
+}
+
 impl KubernetesTrainer {
+    /// A runner whose Jobs wrap the PodTemplate `name` read from the API server.
+    pub async fn with_pod_template(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        run_id: &str,
+    ) -> Result<Self, KubernetesSetupError> {
+        let api: Api<PodTemplate> = Api::namespaced(client.clone(), namespace);
+        let pt = api
+            .get(name)
+            .await
+            .map_err(|e| KubernetesSetupError::Template {
+                path: format!("podtemplate/{name} in namespace {namespace}"),
+                message: e.to_string(),
+            })?;
+        let template = job_from_pod_template(&pt)?;
+        Ok(Self::new(client, namespace, template, run_id))
+    }
+
     /// A runner over `client` in `namespace`, making Jobs from `template` for the run `run_id`.
     pub fn new(client: kube::Client, namespace: &str, template: Job, run_id: &str) -> Self {
         Self {
@@ -108,18 +164,23 @@ impl KubernetesTrainer {
     }
 
     /// Reads the cluster credentials (in-cluster service account, or KUBECONFIG) and the Job
-    /// template file; refuses with [`KubernetesSetupError::NoCredentials`] when there are none.
+    /// template; refuses with [`KubernetesSetupError::NoCredentials`] when there are none.
     pub async fn from_environment(
-        template_path: &str,
+        source: &TemplateSource,
         namespace: Option<&str>,
         run_id: &str,
     ) -> Result<Self, KubernetesSetupError> {
-        let text =
-            std::fs::read_to_string(template_path).map_err(|e| KubernetesSetupError::Template {
-                path: template_path.to_string(),
-                message: e.to_string(),
-            })?;
-        let template = parse_template(template_path, &text)?;
+        let file_template = match source {
+            TemplateSource::JobFile(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| KubernetesSetupError::Template {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                Some(parse_template(path, &text)?)
+            }
+            TemplateSource::PodTemplate(_) => None,
+        };
         let config = kube::Config::infer()
             .await
             .map_err(|e| KubernetesSetupError::NoCredentials(e.to_string()))?;
@@ -128,7 +189,16 @@ impl KubernetesTrainer {
             .unwrap_or_else(|| config.default_namespace.clone());
         let client = kube::Client::try_from(config)
             .map_err(|e| KubernetesSetupError::NoCredentials(e.to_string()))?;
-        Ok(Self::new(client, &ns, template, run_id))
+        match (source, file_template) {
+            (_, Some(t)) => Ok(Self::new(client, &ns, t, run_id)),
+            (TemplateSource::PodTemplate(name), None) => {
+                Self::with_pod_template(client, &ns, name, run_id).await
+            }
+            (TemplateSource::JobFile(path), None) => Err(KubernetesSetupError::Template {
+                path: path.clone(),
+                message: "unreadable".into(),
+            }),
+        }
     }
 
     /// Sets `ttlSecondsAfterFinished` of new Jobs.
