@@ -231,7 +231,7 @@ mod tests {
         let err = t.run(&job).await.expect_err("fails");
         let msg = err.to_string();
         assert!(
-            msg.contains("r1-train") && msg.contains("error: no data"),
+            msg.contains("capfilt-r0001-train") && msg.contains("error: no data"),
             "{msg}"
         );
     }
