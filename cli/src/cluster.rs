@@ -235,21 +235,10 @@ pub fn run(args: RunArgs) -> CliResult {
     let file = FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
-        let rounds = crate::rounds::rounds(&args.bootstrap, &file);
-        let (mut config, planner, trainer) = crate::rounds::run_parts(
-            &args.round_args,
-            &args.bootstrap,
-            &args.options,
-            &file,
-            rounds,
-        )
-        .await?;
-        if rounds == 1 && args.bootstrap.rounds.is_none() {
-            // A single round may be numbered (`--round R`).
-            let r = args.options.round.or(file.round).unwrap_or(1).max(1);
-            config.first_round = r;
-            config.rounds = r;
-        }
+        let (config, planner, trainer) =
+            crate::rounds::run_parts(&args.round_args, &args.bootstrap, &args.options, &file)
+                .await?;
+        let rounds = config.rounds;
         let output = config.output.clone();
         let service = CoordinatorService::new(timing(&file, None, None)?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

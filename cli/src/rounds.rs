@@ -304,15 +304,21 @@ pub async fn trainer_runner(
     }
 }
 
-/// The planner, the trainer and the config of a run, ready for a controller.
+/// The planner, the trainer and the config of a run, ready for a controller: `--rounds N`
+/// (or `[bootstrap] rounds`) rounds from round 1, or, without either, the one round `--round R`.
 pub async fn run_parts(
     round_args: &RoundArgs,
     args: &BootstrapArgs,
     options: &CapfiltOptions,
     file: &FileConfig,
-    last_round: u32,
 ) -> Result<(BootstrapConfig, Arc<CliPlanner>, Arc<dyn TrainerRunner>), CliError> {
-    let config = bootstrap_config(round_args, args, file, last_round)?;
+    let last_round = rounds(args, file);
+    let mut config = bootstrap_config(round_args, args, file, last_round)?;
+    if last_round == 1 && args.rounds.is_none() {
+        let r = options.round.or(file.round).unwrap_or(1).max(1);
+        config.first_round = r;
+        config.rounds = r;
+    }
     let trainer = trainer_runner(args, file, options, &config.output).await?;
     let planner = CliPlanner {
         round_args: round_args.clone(),

@@ -62,20 +62,9 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
                 .await
                 .map_err(|e| CliError::Failed(e.into()));
         }
-        let rounds = crate::rounds::rounds(&args.bootstrap, &file);
-        let (mut config, planner, trainer) = crate::rounds::run_parts(
-            &args.round_args,
-            &args.bootstrap,
-            &args.options,
-            &file,
-            rounds,
-        )
-        .await?;
-        if rounds == 1 && args.bootstrap.rounds.is_none() {
-            let r = args.options.round.or(file.round).unwrap_or(1).max(1);
-            config.first_round = r;
-            config.rounds = r;
-        }
+        let (config, planner, trainer) =
+            crate::rounds::run_parts(&args.round_args, &args.bootstrap, &args.options, &file)
+                .await?;
         let output = config.output.clone();
         let exit_when_done =
             args.exit_when_done || file.coordinator.exit_when_done.unwrap_or(false);

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use capfilt_schemas::store::{Location, StoreError};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::unix_ms;
@@ -217,38 +217,26 @@ impl OutputLease {
             };
             let loc = dir.child(&epoch_name(holder.epoch));
             let json = serde_json::to_vec_pretty(&holder).unwrap_or_default();
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            };
-            match loc
-                .store
-                .put_opts(&loc.path, PutPayload::from(json), opts)
-                .await
-            {
-                Ok(_) => {
-                    let lease = OutputLease {
-                        dir,
-                        output,
-                        holder,
-                    };
-                    lease.write_heartbeat().await?;
-                    if current > 0 {
-                        tracing::info!(
-                            epoch = lease.holder.epoch,
-                            previous = current,
-                            "took over the output from a coordinator that is gone (its lease lapsed or its process on this machine ended)"
-                        );
-                        for old in [epoch_name(current - 1), heartbeat_name(current - 1)] {
-                            let l = lease.dir.child(&old);
-                            let _ = l.store.delete(&l.path).await;
-                        }
+            // Someone may create this epoch between our listing and our create: then look again.
+            if crate::bootstrap::record::put_create(&loc, json).await? {
+                let lease = OutputLease {
+                    dir,
+                    output,
+                    holder,
+                };
+                lease.write_heartbeat().await?;
+                if current > 0 {
+                    tracing::info!(
+                        epoch = lease.holder.epoch,
+                        previous = current,
+                        "took over the output from a coordinator that is gone (its lease lapsed or its process on this machine ended)"
+                    );
+                    for old in [epoch_name(current - 1), heartbeat_name(current - 1)] {
+                        let l = lease.dir.child(&old);
+                        let _ = l.store.delete(&l.path).await;
                     }
-                    return Ok(lease);
                 }
-                // Someone created this epoch between our listing and our create: look again.
-                Err(object_store::Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(io(&loc, "creating")(e).into()),
+                return Ok(lease);
             }
         }
         Err(FenceError::Store(StoreError::BadLocation {

@@ -140,6 +140,10 @@ def test_one_coordinator_drives_two_rounds_for_two_worker_processes(cluster) -> 
     assert [x["round"] for x in run["rounds"]] == [1, 2]
     assert run["rounds"][0]["promotion"]["promoted"] is True
     assert run["rounds"][0]["promotion"]["captioner"].endswith("round-0001/bundles/captioner")
+    # Each round's record carries its bundles' figures; round 2's are the promoted bundles' own.
+    assert run["rounds"][0]["captioner_eval"]["exact_match"] >= 0
+    assert run["rounds"][1]["captioner_eval"] == run["rounds"][0]["promotion"]["captioner_eval"]
+    assert run["rounds"][1]["filter_eval"]["auc"] == run["rounds"][0]["promotion"]["filter_eval"]["auc"]
     # A long-lived worker drops the engines of bundles no longer leased.
     assert any("engines of older bundles evicted" in c.log(w) or "engine of older bundles evicted" in c.log(w)
                for w in workers), c.logs_tail()

@@ -309,10 +309,17 @@ impl Controller {
                         .await
                         .map(|()| RunEvent::ManifestWritten)
                 }
-                RunPhase::ManifestWritten { .. } | RunPhase::Promoted { .. } => {
-                    if let RunPhase::Promoted { .. } = phase {
-                        self.promote(r, &mut record).await?;
+                RunPhase::ManifestWritten { .. } => {
+                    // Every round's record carries its bundles' figures when there is an eval
+                    // split (recorded by the promotion before, or evaluated now), the last too.
+                    let missing = record.round(r).is_none_or(|x| x.captioner_eval.is_empty());
+                    if !self.config.eval_data.is_empty() && missing {
+                        self.evaluate(r, &mut record).await?;
                     }
+                    Ok(RunEvent::Next)
+                }
+                RunPhase::Promoted { .. } => {
+                    self.promote(r, &mut record).await?;
                     Ok(RunEvent::Next)
                 }
                 RunPhase::Training { .. } => {

@@ -193,6 +193,28 @@ pub async fn write_json<T: Serialize>(loc: &Location, value: &T) -> Result<(), S
     loc.put_bytes(json).await
 }
 
+/// Creates the object at `loc` only if it does not exist (`PutMode::Create`); `Ok(false)` when
+/// it does.
+pub async fn put_create(loc: &Location, bytes: Vec<u8>) -> Result<bool, StoreError> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match loc
+        .store
+        .put_opts(&loc.path, PutPayload::from(bytes), opts)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(source) => Err(StoreError::Io {
+            operation: "creating",
+            location: loc.display.clone(),
+            source,
+        }),
+    }
+}
+
 /// Creates a JSON object only if it does not exist; returns the object that is there afterwards
 /// (ours, or the one an earlier writer created).
 pub async fn create_json<T: Serialize + DeserializeOwned>(
@@ -203,31 +225,16 @@ pub async fn create_json<T: Serialize + DeserializeOwned>(
         location: loc.display.clone(),
         message: e.to_string(),
     })?;
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    match loc
-        .store
-        .put_opts(&loc.path, PutPayload::from(json), opts)
-        .await
-    {
-        Ok(_) => Ok((value, true)),
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            let existing = read_json(loc)
-                .await?
-                .ok_or_else(|| StoreError::BadLocation {
-                    location: loc.display.clone(),
-                    message: "exists but cannot be read back".into(),
-                })?;
-            Ok((existing, false))
-        }
-        Err(source) => Err(StoreError::Io {
-            operation: "creating",
-            location: loc.display.clone(),
-            source,
-        }),
+    if put_create(loc, json).await? {
+        return Ok((value, true));
     }
+    let existing = read_json(loc)
+        .await?
+        .ok_or_else(|| StoreError::BadLocation {
+            location: loc.display.clone(),
+            message: "exists but cannot be read back".into(),
+        })?;
+    Ok((existing, false))
 }
 
 #[cfg(test)]
