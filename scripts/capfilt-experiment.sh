@@ -8,7 +8,7 @@
 #   C  beam search (3 beams) instead of nucleus sampling for the synthetic captions.
 # Every variant starts from models/shapes-seed and uses the same benchmark (scripts/demo.sh's),
 # the same training budget and seeds; the gate's tolerance is 1 so every variant runs through
-# and its figures are recorded whichever way they fall. About 12 minutes on 2 cores after a
+# and its figures are recorded whichever way they fall. About 12 to 25 minutes on 2 cores (machines differ) after a
 # release build.
 #
 #   scripts/capfilt-experiment.sh [WORK_DIR]     (default: target/experiment)
