@@ -71,9 +71,6 @@ def download_dir(url: str, dest: Path) -> Path:
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{url}: not found")
     dest.mkdir(parents=True, exist_ok=True)
-    if isinstance(fs, pafs.LocalFileSystem) and info.type == pafs.FileType.Directory:
-        pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        return dest
     for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if f.type != pafs.FileType.File:
             continue
