@@ -160,6 +160,9 @@ pub struct WorkerArgs {
     /// Exit 0 once the coordinator reports the run finished (for Job-style deployments); without it the worker waits for the next run.
     #[arg(long, env = "CAPFILT_EXIT_WHEN_DONE")]
     pub exit_when_done: bool,
+    /// HTTP address of /metrics, /healthz and /readyz (e.g. 0.0.0.0:9091) [default: none].
+    #[arg(long, value_name = "ADDR", env = "CAPFILT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub options: CapfiltOptions,
 }
@@ -196,8 +199,22 @@ pub fn run_worker_command(args: WorkerArgs) -> CliResult {
         config.worker_id = id;
     }
     config.exit_when_done = args.exit_when_done || file.worker.exit_when_done.unwrap_or(false);
+    let metrics = crate::telemetry::metrics_addr(
+        args.metrics_listen,
+        file.worker.metrics_listen.as_deref(),
+        "config [worker] metrics_listen",
+    )?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
+        if let Some(l) = crate::telemetry::bind(metrics).await? {
+            let health = config.health.clone();
+            tokio::spawn(async move {
+                let stop = std::future::pending::<()>();
+                if let Err(e) = capfilt_worker::metrics::serve_http(health, l, stop).await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            });
+        }
         let summary = run_worker(config, crate::serve::shutdown_signal())
             .await
             .map_err(|e| CliError::Failed(e.into()))?;
@@ -223,6 +240,9 @@ pub struct RunArgs {
     /// Print the round manifest as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// HTTP address of /metrics (coordinator and workers), /healthz, /readyz and the status page at / [default: none].
+    #[arg(long, value_name = "ADDR", env = "CAPFILT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub bootstrap: crate::rounds::BootstrapArgs,
     #[command(flatten)]
@@ -233,8 +253,14 @@ pub struct RunArgs {
 /// one round or, with `--rounds N`, for rounds 1..N with the trainer stage between them.
 pub fn run(args: RunArgs) -> CliResult {
     let file = FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
+    let metrics = crate::telemetry::metrics_addr(
+        args.metrics_listen,
+        file.coordinator.metrics_listen.as_deref(),
+        "config [coordinator] metrics_listen",
+    )?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
+        let http = crate::telemetry::bind(metrics).await?;
         let (config, planner, trainer) =
             crate::rounds::run_parts(&args.round_args, &args.bootstrap, &args.options, &file)
                 .await?;
@@ -267,8 +293,13 @@ pub fn run(args: RunArgs) -> CliResult {
         }
         tracing::info!(workers = n, output = %output, rounds, "run started");
         let progress = tokio::spawn(show_progress(format!("http://{addr}")));
-        let controller =
+        let mut controller =
             capfilt_coordinator::bootstrap::Controller::new(config, service, planner, trainer);
+        if let Some(l) = http {
+            capfilt_telemetry::install_recorder().map_err(|e| CliError::Failed(e.into()))?;
+            capfilt_worker::metrics::describe();
+            controller = controller.with_http(l);
+        }
         let result = capfilt_coordinator::bootstrap::serve(
             controller,
             listener,

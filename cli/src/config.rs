@@ -79,6 +79,8 @@ pub struct CapfiltSection {
 pub struct CoordinatorSection {
     /// gRPC listen address.
     pub listen: Option<String>,
+    /// HTTP address of /metrics, /healthz, /readyz and the status page.
+    pub metrics_listen: Option<String>,
     /// Idle poll interval, ms.
     pub poll_interval_ms: Option<u64>,
     /// Lease timeout, ms.
@@ -107,6 +109,8 @@ pub struct WorkerSection {
     pub drain_timeout_s: Option<u64>,
     /// Exit once the coordinator reports the run finished.
     pub exit_when_done: Option<bool>,
+    /// HTTP address of /metrics, /healthz and /readyz.
+    pub metrics_listen: Option<String>,
 }
 
 /// `[bootstrap]`.
@@ -215,12 +219,14 @@ threshold = 0.6
 
 [coordinator]
 listen = "0.0.0.0:50051"
+metrics_listen = "0.0.0.0:9090"
 lease_timeout_ms = 30000
 target_shard_rows = 5000
 
 [worker]
 slots = 2
 device = "cuda:0"
+metrics_listen = "0.0.0.0:9091"
 
 [store]
 aws_endpoint = "http://127.0.0.1:9000"
@@ -231,6 +237,11 @@ aws_allow_http = "true"
         assert_eq!(c.capfilt.candidates, Some(2));
         assert_eq!(c.coordinator.target_shard_rows, Some(5000));
         assert_eq!(c.worker.device.as_deref(), Some("cuda:0"));
+        assert_eq!(
+            c.coordinator.metrics_listen.as_deref(),
+            Some("0.0.0.0:9090")
+        );
+        assert_eq!(c.worker.metrics_listen.as_deref(), Some("0.0.0.0:9091"));
         assert_eq!(
             c.columns
                 .expect("columns")

@@ -8,10 +8,12 @@ mod doctor;
 mod exit;
 mod infer;
 mod logging;
+mod report;
 mod rounds;
 mod serve;
 mod status;
 mod synth;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -47,6 +49,8 @@ enum Command {
     Coordinator(serve::CoordinatorArgs),
     /// Show a coordinator's shards by state, workers and throughput.
     Status(status::StatusArgs),
+    /// Write a finished round's report: HTML with PNG plots and a sample gallery of what the filter kept and dropped.
+    Report(report::ReportArgs),
     /// Check the installation: find and load ONNX Runtime and run a test graph on a device.
     Doctor(doctor::DoctorArgs),
 }
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cluster::run_worker_command(args),
         Command::Coordinator(args) => serve::run(args),
         Command::Status(args) => status::run(args),
+        Command::Report(args) => report::run(args),
         Command::Doctor(args) => doctor::run(args),
     };
     match result {

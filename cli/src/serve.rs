@@ -15,6 +15,9 @@ pub struct CoordinatorArgs {
     /// Address to serve gRPC on (use 0.0.0.0:PORT inside a cluster) [default: 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR", env = "CAPFILT_LISTEN")]
     listen: Option<SocketAddr>,
+    /// HTTP address of /metrics, /healthz, /readyz and the status page at / (e.g. 0.0.0.0:9090) [default: none].
+    #[arg(long, value_name = "ADDR", env = "CAPFILT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often idle workers poll, in milliseconds [default: 500].
     #[arg(long, value_name = "MS", env = "CAPFILT_POLL_INTERVAL_MS")]
     poll_interval_ms: Option<u64>,
@@ -46,6 +49,11 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
         })?,
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 50051)),
     };
+    let metrics = crate::telemetry::metrics_addr(
+        args.metrics_listen,
+        file.coordinator.metrics_listen.as_deref(),
+        "config [coordinator] metrics_listen",
+    )?;
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .map_err(CliError::Failed)?;
@@ -54,10 +62,21 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
             .await
             .with_context(|| format!("cannot listen on {listen}: choose another --listen address"))
             .map_err(CliError::Usage)?;
+        let http = crate::telemetry::bind(metrics).await?;
         let has_round = args.round_args.input.is_some() || file.input.is_some();
         let service = CoordinatorService::new(timing);
         if !has_round {
             // No run: answer registration and status only.
+            if let Some(l) = http {
+                let s = service.clone();
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        capfilt_coordinator::http::serve(s, None, l, shutdown_signal()).await
+                    {
+                        tracing::error!(error = %e, "http server failed");
+                    }
+                });
+            }
             return capfilt_coordinator::run(service, listener, shutdown_signal())
                 .await
                 .map_err(|e| CliError::Failed(e.into()));
@@ -68,7 +87,10 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
         let output = config.output.clone();
         let exit_when_done =
             args.exit_when_done || file.coordinator.exit_when_done.unwrap_or(false);
-        let controller = Controller::new(config, service, planner, trainer);
+        let mut controller = Controller::new(config, service, planner, trainer);
+        if let Some(l) = http {
+            controller = controller.with_http(l);
+        }
         let after = if exit_when_done {
             AfterRun::TellWorkersThenExit
         } else {

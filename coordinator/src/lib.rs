@@ -2,13 +2,18 @@
 
 pub mod bootstrap;
 pub mod fence;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod planner;
 pub mod registry;
 pub mod round;
 pub mod service;
 pub mod shard;
+pub mod status_page;
 
 use std::future::Future;
+use std::time::Duration;
 
 use capfilt_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -16,6 +21,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use round::{Round, RoundError, RoundSpec};
 pub use service::{CoordinatorService, RunView, Timing};
+
+/// The gRPC service name of the coordinator (what `grpc.health.v1` clients ask about).
+pub const GRPC_SERVICE_NAME: &str = "capfilt.v1.Coordinator";
 
 /// Errors of the coordinator, each mapped once to a gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +70,20 @@ pub async fn run(
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "coordinator listening");
     let sweeper = tokio::spawn(service.sweeper());
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = tokio::spawn(health::report_grpc_health(
+        service.health().clone(),
+        reporter,
+        Duration::from_secs(10),
+    ));
     let served = tonic::transport::Server::builder()
+        .layer(metrics::RpcMetricsLayer)
+        .add_service(health_service)
         .add_service(CoordinatorServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     sweeper.abort();
+    health.abort();
     served?;
     tracing::info!("coordinator stopped");
     Ok(())

@@ -264,7 +264,7 @@ impl Round {
             if let Some(&i) = round.index.get(shard_id) {
                 let record = round.read_commit(shard_id).await?;
                 round.check_commit(&record, i)?;
-                round.apply_commit(record);
+                round.record_commit(record, false);
             }
         }
         let committed = round.count("committed");
@@ -359,6 +359,16 @@ impl Round {
     fn apply(&mut self, i: usize, event: &Event) -> bool {
         match transition(&self.states[i], event, self.spec.max_failures) {
             Ok(next) => {
+                let from = self.states[i].name();
+                match event {
+                    Event::Lease { .. } => {
+                        metrics::counter!(crate::metrics::LEASES_GRANTED).increment(1)
+                    }
+                    Event::Tick { .. } if from == "leased" => {
+                        metrics::counter!(crate::metrics::LEASES_EXPIRED).increment(1)
+                    }
+                    _ => {}
+                }
                 if next.name() != self.states[i].name() {
                     tracing::debug!(shard = %self.plan.shards[i].shard_id, from = self.states[i].name(), to = next.name(), "shard state");
                 }
@@ -366,6 +376,7 @@ impl Round {
                     && !matches!(self.states[i], ShardState::Quarantined { .. })
                 {
                     tracing::warn!(shard = %self.plan.shards[i].shard_id, error = %last_error, "shard quarantined");
+                    metrics::counter!(crate::metrics::SHARDS_QUARANTINED).increment(1);
                 }
                 self.states[i] = next;
                 true
@@ -489,6 +500,12 @@ impl Round {
 
     /// Records a commit read from the store.
     pub fn apply_commit(&mut self, record: CommitRecord) -> bool {
+        self.record_commit(record, true)
+    }
+
+    /// Applies a commit record; `live` commits (reported now, not found on a rebuild) are
+    /// counted in the metrics.
+    fn record_commit(&mut self, record: CommitRecord, live: bool) -> bool {
         let Some(&i) = self.index.get(&record.shard.shard_id) else {
             return false;
         };
@@ -499,6 +516,9 @@ impl Round {
             },
         );
         if applied {
+            if live {
+                crate::metrics::commit_counted(&record.counts);
+            }
             self.commits.insert(record.shard.shard_id.clone(), record);
         }
         applied

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, watch};
 use tonic::{Request, Response, Status};
 
 use crate::CoordinatorError;
+use crate::health::Health;
 use crate::registry::{Registry, unix_ms};
 use crate::round::{Cancel, Granted, Round, read_commit, write_manifest};
 use crate::shard::ShardState;
@@ -54,6 +55,7 @@ pub struct CoordinatorService {
     run: Arc<Mutex<RunView>>,
     wake: Arc<Notify>,
     done: watch::Sender<Option<RoundManifest>>,
+    health: Arc<Health>,
 }
 
 /// The current round, locked.
@@ -85,6 +87,7 @@ impl CoordinatorService {
             run: Arc::default(),
             wake: Arc::default(),
             done: watch::channel(None).0,
+            health: Arc::default(),
         }
     }
 
@@ -100,6 +103,11 @@ impl CoordinatorService {
         &self.instance
     }
 
+    /// Readiness: what `/readyz` and `grpc.health.v1` answer.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     /// The timing handed to workers.
     pub fn timing(&self) -> Timing {
         self.timing
@@ -110,6 +118,7 @@ impl CoordinatorService {
     /// workers' next heartbeat.
     pub fn install_round(&self, round: Round) {
         let _ = self.done.send(None);
+        self.health.round_opened(round.output().clone());
         *self.round.lock().unwrap_or_else(|p| p.into_inner()) = Some(round);
         self.wake.notify_one();
     }
@@ -247,7 +256,8 @@ impl CoordinatorService {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn status(&self) -> v1::GetStatusResponse {
+    /// What `GetStatus` answers: the run, the round's shards, the workers.
+    pub fn status(&self) -> v1::GetStatusResponse {
         let view = self.run_view();
         let serving = self.round().is_some_and(|r| !r.manifest_written());
         let registry = self.registry();
@@ -534,6 +544,8 @@ impl Coordinator for CoordinatorService {
             .into());
         }
         if kind == v1::FailureKind::CommitConflict {
+            metrics::counter!(crate::metrics::LEASE_FAILURES, "kind" => crate::metrics::failure_kind(kind))
+                .increment(1);
             // Another attempt committed first: pick up its record.
             let out = self
                 .round()
@@ -556,8 +568,14 @@ impl Coordinator for CoordinatorService {
             .into());
         };
         let applied = if kind == v1::FailureKind::Released {
-            round.release(&req.shard_id, req.attempt)
+            let released = round.release(&req.shard_id, req.attempt);
+            if released {
+                metrics::counter!(crate::metrics::LEASES_RELEASED).increment(1);
+            }
+            released
         } else {
+            metrics::counter!(crate::metrics::LEASE_FAILURES, "kind" => crate::metrics::failure_kind(kind))
+                .increment(1);
             round.fail(
                 &req.shard_id,
                 req.attempt,

@@ -146,6 +146,8 @@ impl Engine {
             .generate(pixels.view(), &seeds, &self.params.generation)?;
         let t1 = Instant::now();
         timings.caption += t1 - t0;
+        crate::metrics::stage("captioner", (t1 - t0).as_secs_f64());
+        metrics::histogram!(crate::metrics::BATCH_IMAGES).record(images.len() as f64);
 
         let embeds = if self.shared_pixels() {
             self.filter.image_embeds(pixels.view())?
@@ -173,6 +175,8 @@ impl Engine {
         }
         let scores = self.filter.score(&embeds, &pairs, self.params.itm_batch)?;
         timings.filter += t1.elapsed();
+        crate::metrics::stage("filter", t1.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::IMAGES_PROCESSED).increment(images.len() as u64);
 
         let threshold = self.params.threshold;
         let mut scores = scores.into_iter();

@@ -211,6 +211,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
                 .par_iter()
                 .map(|r| prepare(r, &cap_pre, fil_pre.as_ref(), &limits))
                 .collect();
+            crate::metrics::stage("decode", t.elapsed().as_secs_f64());
             let chunk = Chunk {
                 rows,
                 prepared,
@@ -219,6 +220,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
             if tx.send(Ok(chunk)).is_err() {
                 return; // the consumer stopped
             }
+            metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).increment(1.0);
         }
     });
 
@@ -236,7 +238,10 @@ pub fn process_reader<R: ChunkReader + 'static>(
             break;
         }
         let chunk = match chunk {
-            Ok(c) => c,
+            Ok(c) => {
+                metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).decrement(1.0);
+                c
+            }
             Err(e) => {
                 failure = Some(e);
                 break;

@@ -8,6 +8,7 @@ pub mod engine_error;
 pub mod filter;
 pub mod infer;
 pub mod input;
+pub mod metrics;
 pub mod output;
 pub mod preprocess;
 pub mod runtime;

@@ -30,6 +30,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::bundle::{Bundle, BundleError};
 use crate::engine::{Engine, StepParams};
 use crate::infer::{InferError, ReadOptions, process_reader, provenance_json};
+use crate::metrics::WorkerHealth;
 use crate::output::{Tables, parquet_bytes};
 use crate::preprocess::ImageLimits;
 use crate::runtime::{OrtConfig, OrtRuntime, SessionOptions};
@@ -62,6 +63,8 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// Exit once the coordinator reports its run finished (else wait for the next run).
     pub exit_when_done: bool,
+    /// Readiness, shared with the worker's HTTP port.
+    pub health: Arc<WorkerHealth>,
 }
 
 impl WorkerConfig {
@@ -84,6 +87,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(300),
             max_backoff: Duration::from_secs(5),
             exit_when_done: false,
+            health: Arc::default(),
         }
     }
 }
@@ -179,7 +183,9 @@ pub async fn run_worker(
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60));
     let mut client = CoordinatorClient::new(endpoint.connect_lazy());
-    OrtRuntime::init(&config.ort).map_err(EngineError::from)?;
+    let ort = OrtRuntime::init(&config.ort).map_err(EngineError::from)?;
+    config.health.set_runtime_loaded();
+    crate::metrics::info(&config.session.device.to_string(), ort.build_info());
     let shared = Arc::new(Shared {
         compute: Semaphore::new(config.slots.max(1) as usize),
         engines: Mutex::new(Vec::new()),
@@ -201,6 +207,7 @@ pub async fn run_worker(
     let mut last_run_state = v1::RunState::Unspecified;
     let mut instance: Option<String> = None;
     loop {
+        cfg.health.set_registered(registered);
         if draining.is_none() && futures::poll!(&mut shutdown).is_ready() {
             tracing::info!(worker = %cfg.worker_id, "shutting down: finishing current leases, taking no new work");
             draining = Some(Instant::now());
@@ -435,6 +442,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
             cancel: cancel.clone(),
         },
     );
+    metrics::gauge!(crate::metrics::ACTIVE_LEASES).increment(1.0);
     tracing::info!(shard = %spec.shard_id, attempt = lease.attempt, rows = spec.num_rows, "lease started");
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -451,6 +459,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
                 Some(Outcome::Committed(req))
             }
             Ok(LeaseResult::Conflict) => {
+                crate::metrics::not_committed("conflict");
                 lock(&shared.summary).conflicts += 1;
                 let f = Failure {
                     kind: v1::FailureKind::CommitConflict,
@@ -462,10 +471,14 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
                 )))
             }
             // Given back unfinished: no failure counted.
-            Err(f) if f.kind == v1::FailureKind::Released => Some(Outcome::Failed(fail_request(
-                worker_id, &shard_id, attempt, f, false,
-            ))),
+            Err(f) if f.kind == v1::FailureKind::Released => {
+                crate::metrics::not_committed("released");
+                Some(Outcome::Failed(fail_request(
+                    worker_id, &shard_id, attempt, f, false,
+                )))
+            }
             Err(f) => {
+                crate::metrics::not_committed("failed");
                 lock(&shared.summary).failed += 1;
                 tracing::warn!(shard = %shard_id, attempt, kind = ?f.kind, error = %f.error, "shard attempt failed");
                 Some(Outcome::Failed(fail_request(
@@ -474,6 +487,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
             }
         };
         lock(&shared.active).remove(&key);
+        metrics::gauge!(crate::metrics::ACTIVE_LEASES).decrement(1.0);
         let outcome = outcome.filter(|o| {
             let drop = orphaned.load(Ordering::Relaxed) && matches!(o, Outcome::Failed(_));
             if drop {
@@ -635,6 +649,7 @@ async fn run_lease(
         .await
         .map_err(|e| fail(K::InputRead, e))?;
     let read_ms = t.elapsed().as_millis() as u64;
+    crate::metrics::stage("read", t.elapsed().as_secs_f64());
     let permit = shared
         .compute
         .acquire()
@@ -676,12 +691,18 @@ async fn run_lease(
         progress: Some(rows_done),
     };
     let source = spec.file_url.clone();
+    let health = cfg.health.clone();
     let computed = tokio::task::spawn_blocking(move || {
         let mut engine = match pooled {
             Some(e) => e,
             None => {
-                let rt = OrtRuntime::init(&ort).map_err(EngineError::from)?;
-                Engine::load(rt, &cap2, &fil2, &session, params.clone())?
+                let loaded = OrtRuntime::init(&ort)
+                    .map_err(EngineError::from)
+                    .and_then(|rt| Engine::load(rt, &cap2, &fil2, &session, params.clone()));
+                health.engine_loaded(loaded.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                let engine = loaded?;
+                metrics::counter!(crate::metrics::ENGINE_LOADS).increment(1);
+                engine
             }
         };
         engine.params = params;
@@ -797,6 +818,8 @@ pub async fn commit_shard(
         });
     }
     stats.write_ms = t.elapsed().as_millis() as u64;
+    crate::metrics::stage("write", t.elapsed().as_secs_f64());
+    let t_commit = Instant::now();
     let [scored, cleaned, rejects]: [DataFileRef; 3] =
         refs.try_into().map_err(|_| StoreError::BadLocation {
             location: out.display.clone(),
@@ -838,6 +861,8 @@ pub async fn commit_shard(
         .await
     {
         Ok(_) => {
+            crate::metrics::stage("commit", t_commit.elapsed().as_secs_f64());
+            crate::metrics::committed(&record.counts);
             tracing::info!(shard = %shard.shard_id, attempt, rows = record.counts.rows_in, "shard committed");
             Ok(LeaseResult::Committed(Box::new(v1::CompleteShardRequest {
                 protocol_version: PROTOCOL_VERSION,

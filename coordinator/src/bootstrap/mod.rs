@@ -174,6 +174,7 @@ pub struct Controller {
     service: CoordinatorService,
     planner: Arc<dyn RoundPlanner>,
     runner: Arc<dyn TrainerRunner>,
+    http: Option<TcpListener>,
 }
 
 /// The round being served, as the controller tracks it.
@@ -195,7 +196,15 @@ impl Controller {
             service,
             planner,
             runner,
+            http: None,
         }
+    }
+
+    /// Also serve the HTTP port (metrics, health, status page, reports) on `listener` while
+    /// [`serve`] runs.
+    pub fn with_http(mut self, listener: TcpListener) -> Self {
+        self.http = Some(listener);
+        self
     }
 
     fn loc(&self, url: &str) -> Result<Location, StoreError> {
@@ -310,6 +319,7 @@ impl Controller {
                         .map(|()| RunEvent::ManifestWritten)
                 }
                 RunPhase::ManifestWritten { .. } => {
+                    self.ensure_report(r).await;
                     // Every round's record carries its bundles' figures when there is an eval
                     // split (recorded by the promotion before, or evaluated now), the last too.
                     let missing = record.round(r).is_none_or(|x| x.captioner_eval.is_empty());
@@ -423,6 +433,23 @@ impl Controller {
             waiting_for,
         });
         Ok(())
+    }
+
+    /// Writes `round-NNNN/report/` unless it is complete already. A report that cannot be
+    /// written is logged, not fatal: it is a view of committed outputs, and `capfilt report`
+    /// writes it again at any time.
+    async fn ensure_report(&self, round: u32) {
+        let dir = self.rdir(round);
+        let opts = &self.config.store_options;
+        match capfilt_report::exists(&dir, opts).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(round, error = %e, "cannot check for the round report"),
+        }
+        let options = capfilt_report::ReportOptions::default();
+        if let Err(e) = capfilt_report::write_report(&dir, opts, &options).await {
+            tracing::error!(round, error = %e, "round report not written; write it with `capfilt report --round {dir}`");
+        }
     }
 
     fn finish(&self, record: &RunRecord, phase: &RunPhase) {
@@ -745,6 +772,19 @@ pub async fn serve(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let mut controller = controller;
+    let http = match controller.http.take() {
+        None => None,
+        Some(l) => {
+            let output = controller.loc(&controller.config.output)?;
+            Some(tokio::spawn(crate::http::serve(
+                service.clone(),
+                Some(output),
+                l,
+                wait(stop_rx.clone()),
+            )))
+        }
+    };
     let server = tokio::spawn(crate::run(service.clone(), listener, wait(stop_rx)));
     let result = controller.run(wait(shutdown_rx.clone())).await;
     let finished = matches!(&result, Ok(_) | Err(BootstrapError::Refused { .. }));
@@ -771,6 +811,13 @@ pub async fn serve(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "coordinator server failed"),
         Err(e) => tracing::error!(error = %e, "coordinator server task failed"),
+    }
+    if let Some(h) = http {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
+            Err(e) => tracing::error!(error = %e, "http server task failed"),
+        }
     }
     result
 }

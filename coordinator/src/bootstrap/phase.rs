@@ -118,6 +118,20 @@ pub struct InvalidTransition {
     pub event: &'static str,
 }
 
+/// Every phase name [`RunPhase::name`] returns, in the order a run passes them.
+pub const PHASE_NAMES: &[&str] = &[
+    "planning",
+    "serving",
+    "manifest_written",
+    "training",
+    "evaluating",
+    "gating",
+    "promoted",
+    "done",
+    "stopped",
+    "failed",
+];
+
 impl RunPhase {
     /// The phase's name as `_run.json`, status and logs show it.
     pub fn name(&self) -> &'static str {
@@ -234,6 +248,13 @@ mod tests {
                 at: Box::new(RunPhase::Training { round: r }),
             },
         ]
+    }
+
+    #[test]
+    fn phase_names_lists_every_phase_once() {
+        let mut names: Vec<&str> = phases().iter().map(RunPhase::name).collect();
+        names.dedup();
+        assert_eq!(names, PHASE_NAMES);
     }
 
     fn events() -> Vec<RunEvent> {
