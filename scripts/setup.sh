@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything capfilt needs on a fresh Debian 12 machine, from the registries only:
-#   - Debian packages the build and scripts use (unzip, pkg-config, ...)
+#   - Debian packages the build and scripts use (unzip, pkg-config, chromium for page tests, ...)
 #   - ONNX Runtime's CPU library, from the PyPI wheel (scripts/fetch-onnxruntime.sh)
 #   - the Python venv .venv with the test tools (scripts/requirements-dev.txt) and the trainer
 #     (trainer/pyproject.toml: torch, transformers, onnx, onnxruntime, ...)
@@ -23,9 +23,10 @@ done
 
 log() { printf '[setup] %s\n' "$*"; }
 
-# 1. Debian packages.
+# 1. Debian packages (chromium and its driver: the status page and report tests load pages in
+#    headless Chromium).
 need=()
-for pkg in unzip pkg-config; do
+for pkg in unzip pkg-config chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -58,14 +58,13 @@ pub fn render(s: &v1::GetStatusResponse, ready: &Result<(), String>, reports: bo
     let _ = write!(
         h,
         "<h1>capfilt coordinator</h1><p><span class=pill id=ready>{}</span>\
-         <span class=muted>instance {} · up {:.0}s · page rendered at {} ms</span></p>",
+         <span class=muted>instance {} · up {:.0}s · refreshes every 2 s</span></p>",
         match ready {
             Ok(()) => "ready".to_string(),
             Err(e) => format!("not ready: {}", escape(e)),
         },
         escape(&s.coordinator_instance),
         s.uptime_ms as f64 / 1000.0,
-        now
     );
     run_section(&mut h, s, reports);
     round_section(&mut h, s);

@@ -178,6 +178,7 @@ pub fn keep_rates(shards: &[ShardRates]) -> Result<Vec<u8>, ReportError> {
         chart
             .configure_mesh()
             .x_desc("shard (manifest order)")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("kept / judged")
             .draw()
             .map_err(plot_err)?;
