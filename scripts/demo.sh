@@ -46,3 +46,4 @@ echo
 echo "[demo] per round, against the benchmark's ground truth:"
 .venv/bin/python scripts/rounds_table.py --output "$out/rounds" --truth "$out/bench/web"
 echo "[demo] set-up + build: $((t1 - t0)) s, benchmark: $((t2 - t1)) s, rounds + training: $((t3 - t2)) s"
+echo "[demo] round reports (plots and a sample gallery): $out/rounds/round-0001/report/index.html, $out/rounds/round-0002/report/index.html"

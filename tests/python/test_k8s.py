@@ -4,9 +4,13 @@ current Kubernetes version, `checkov` finds nothing beyond the checks k8s/.check
 with a reason, `hadolint` passes every Dockerfile, the ConfigMap's capfilt.toml is accepted by
 capfilt's own config loader, a deliberately broken copy fails, and the properties the README
 promises (worker grace period > drain timeout, coordinator Recreate with 1 replica, exact RBAC)
-hold. Also: a coordinator told to run the trainer on Kubernetes without credentials refuses.
+hold. Also: a coordinator told to run the trainer on Kubernetes without credentials refuses;
+every long-running pod is probed over its HTTP port; k8s/monitoring (PodMonitor, Grafana
+dashboard) renders and the dashboard only queries metrics capfilt exports.
 """
+import json
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -162,3 +166,65 @@ def test_a_kubernetes_trainer_without_credentials_refuses_to_start(tmp_path) -> 
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "needs cluster credentials" in r.stderr, r.stderr
+
+
+# Every metric capfilt exports (coordinator/src/metrics.rs, worker/src/metrics.rs).
+METRICS = {
+    "capfilt_coordinator_shards", "capfilt_coordinator_leases_granted_total",
+    "capfilt_coordinator_leases_expired_total", "capfilt_coordinator_leases_released_total",
+    "capfilt_coordinator_lease_failures_total", "capfilt_coordinator_shards_committed_total",
+    "capfilt_coordinator_shards_quarantined_total", "capfilt_coordinator_rows_committed_total",
+    "capfilt_coordinator_texts_total", "capfilt_coordinator_texts_kept_total",
+    "capfilt_coordinator_rejects_total", "capfilt_coordinator_workers", "capfilt_coordinator_round",
+    "capfilt_coordinator_run_phase", "capfilt_coordinator_round_rows",
+    "capfilt_coordinator_rpc_duration_seconds", "capfilt_coordinator_ready",
+    "capfilt_worker_images_processed_total", "capfilt_worker_rows_committed_total", "capfilt_worker_texts_total",
+    "capfilt_worker_texts_kept_total", "capfilt_worker_rejects_total", "capfilt_worker_shards_total",
+    "capfilt_worker_stage_seconds", "capfilt_worker_batch_images", "capfilt_worker_decode_queue_depth",
+    "capfilt_worker_engine_loads_total", "capfilt_worker_active_leases", "capfilt_worker_info",
+}
+
+
+def test_the_metric_list_matches_the_code() -> None:
+    code = (REPO / "coordinator/src/metrics.rs").read_text() + (REPO / "worker/src/metrics.rs").read_text()
+    exported = set(re.findall(r'pub const [A-Z_]+: &str = "(capfilt_[a-z_]+)";', code))
+    assert exported == METRICS
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_long_running_pods_are_probed_over_http(rendered, overlay) -> None:
+    objs = objects(rendered[overlay])
+    cm = next(d for (k, n), d in objs.items() if k == "ConfigMap" and n.startswith("capfilt-config"))
+    config = tomllib.loads(cm["data"]["capfilt.toml"])
+    for name, table in [("capfilt-coordinator", "coordinator"), ("capfilt-worker", "worker")]:
+        c = objs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        http = next(p for p in c["ports"] if p["name"] == "http")
+        assert config[table]["metrics_listen"] == f"0.0.0.0:{http['containerPort']}", table
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+    service = objs[("Service", "capfilt-coordinator")]
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "http"}
+
+
+def test_monitoring_renders_and_the_dashboard_queries_only_capfilt_metrics() -> None:
+    objs = objects(kustomize(K8S / "monitoring"))
+    pm = objs[("PodMonitor", "capfilt")]
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["metadata"]["namespace"] == "capfilt"
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["http"]
+    assert pm["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    assert set(pm["spec"]["selector"]["matchExpressions"][0]["values"]) == {"capfilt-coordinator", "capfilt-worker"}
+    cm = objs[("ConfigMap", "capfilt-grafana-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["capfilt-dashboard.json"])
+    assert dash["schemaVersion"] >= 36 and dash["panels"]
+    used = set()
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        for t in panel["targets"]:
+            for name in re.findall(r"capfilt_[a-z_]+", t["expr"]):
+                used.add(re.sub(r"_(bucket|sum|count)$", "", name))
+    assert used <= METRICS, used - METRICS
+    # The dashboard covers both roles and the latency histograms.
+    assert {"capfilt_coordinator_shards", "capfilt_coordinator_rpc_duration_seconds",
+            "capfilt_worker_stage_seconds", "capfilt_worker_images_processed_total"} <= used

@@ -163,7 +163,7 @@ def images_state(d) -> list[list]:
 
 def full_page_screenshot(d, path: Path):
     height = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(1400, min(max(height, 600), 6000))
+    d.set_window_size(1400, min(max(height, 600), 3200))
     d.save_screenshot(str(path))
 
 
