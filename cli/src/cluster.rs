@@ -208,9 +208,10 @@ pub fn run_worker_command(args: WorkerArgs) -> CliResult {
     runtime.block_on(async move {
         if let Some(l) = crate::telemetry::bind(metrics).await? {
             let health = config.health.clone();
+            let gpu = capfilt_worker::metrics::GpuMemory::for_device(config.session.device);
             tokio::spawn(async move {
                 let stop = std::future::pending::<()>();
-                if let Err(e) = capfilt_worker::metrics::serve_http(health, l, stop).await {
+                if let Err(e) = capfilt_worker::metrics::serve_http(health, gpu, l, stop).await {
                     tracing::error!(error = %e, "http server failed");
                 }
             });

@@ -75,7 +75,7 @@ def wait_for(what: str, check, timeout: float = 120.0, procs=()):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("obs")
-    r = subprocess.run([BIN, "synth", "--out", str(root / "bench"), "--web-rows", "400", "--seed-rows", "50",
+    r = subprocess.run([BIN, "synth", "--out", str(root / "bench"), "--web-rows", "1000", "--seed-rows", "50",
                         "--eval-rows", "20", "--seed", "31", "--row-group-rows", "50"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     web = root / "bench" / "web"
@@ -200,7 +200,7 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         during = wait_for("a shard committed mid-round", mid_round, 120, live)
         total = sum(during[f'capfilt_coordinator_shards{{state="{s}"}}']
                     for s in ["pending", "leased", "committed", "quarantined"])
-        assert during['capfilt_coordinator_round_rows{kind="planned"}'] == 420
+        assert during['capfilt_coordinator_round_rows{kind="planned"}'] == 1020
         wm = metrics(whttp)
         assert wm["capfilt_worker_images_processed_total"] > 0
         assert during["capfilt_coordinator_leases_granted_total"] >= 1
@@ -229,7 +229,7 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         committed_shards = sum(1 for s in manifest["shards"] if s["commit"])
         assert committed_shards == len(manifest["shards"]) == total
         for m, p in [(cm, "capfilt_coordinator"), (wm, "capfilt_worker")]:
-            assert m[f"{p}_rows_committed_total"] == totals["rows_in"] == 420
+            assert m[f"{p}_rows_committed_total"] == totals["rows_in"] == 1020
             assert m[f'{p}_texts_total{{origin="web"}}'] == totals["web_texts"]
             assert m[f'{p}_texts_total{{origin="synthetic"}}'] == totals["synthetic_texts"]
             assert m[f'{p}_texts_kept_total{{origin="web"}}'] == totals["web_kept"]
@@ -260,7 +260,7 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         try:
             d.get(chttp + "/")
             rounds = d.find_element("id", "rounds").text
-            assert re.search(r"^1 420 9 ", rounds.splitlines()[1]), rounds
+            assert re.search(r"^1 1020 9 ", rounds.splitlines()[1]), rounds
             assert d.find_element("id", "no-round").text == "no round is being served"
             assert "wA" in d.find_element("id", "workers").text
             assert "phase: done" in d.find_element("id", "phase").text

@@ -39,6 +39,10 @@ pub const ENGINE_LOADS: &str = "capfilt_worker_engine_loads_total";
 pub const ACTIVE_LEASES: &str = "capfilt_worker_active_leases";
 /// 1, labelled with the ONNX Runtime device and library (`device`, `ort`).
 pub const INFO: &str = "capfilt_worker_info";
+/// Memory in use on the worker's CUDA device, all processes (NVML; `device`: cuda:N).
+pub const GPU_MEMORY_USED: &str = "capfilt_worker_gpu_memory_used_bytes";
+/// Memory of the worker's CUDA device (NVML; `device`).
+pub const GPU_MEMORY_TOTAL: &str = "capfilt_worker_gpu_memory_total_bytes";
 
 /// Registers help texts and units (call once after installing the recorder).
 pub fn describe() {
@@ -54,6 +58,16 @@ pub fn describe() {
     describe_counter!(ENGINE_LOADS, "Captioner and filter engines loaded");
     describe_gauge!(ACTIVE_LEASES, "Leases being worked on");
     describe_gauge!(INFO, "ONNX Runtime device and library of this worker");
+    describe_gauge!(
+        GPU_MEMORY_USED,
+        Unit::Bytes,
+        "Memory in use on the worker's CUDA device (all processes)"
+    );
+    describe_gauge!(
+        GPU_MEMORY_TOTAL,
+        Unit::Bytes,
+        "Memory of the worker's CUDA device"
+    );
 }
 
 /// Records one stage's duration.
@@ -126,20 +140,68 @@ impl capfilt_telemetry::Readiness for WorkerHealth {
 }
 
 /// Serves the worker's HTTP port (`/metrics`, `/healthz`, `/readyz`) on `listener` until
-/// `shutdown` resolves.
+/// `shutdown` resolves; `gpu` (see [`GpuMemory::for_device`]) sets the GPU memory gauges at
+/// each scrape.
 pub async fn serve_http(
     health: std::sync::Arc<WorkerHealth>,
+    gpu: Option<GpuMemory>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), capfilt_telemetry::TelemetryError> {
     let handle = capfilt_telemetry::install_recorder()?;
     describe();
+    let collector =
+        gpu.map(|g| std::sync::Arc::new(g) as std::sync::Arc<dyn capfilt_telemetry::Collector>);
     capfilt_telemetry::serve(
         listener,
-        capfilt_telemetry::router(handle, health, None),
+        capfilt_telemetry::router(handle, health, collector),
         shutdown,
     )
     .await
+}
+
+/// The memory of the worker's CUDA device, read through NVML (the NVIDIA driver's
+/// `libnvidia-ml.so.1`, loaded at run time) when `/metrics` is scraped.
+pub struct GpuMemory {
+    index: u32,
+    nvml: nvml_wrapper::Nvml,
+}
+
+impl GpuMemory {
+    /// For `cuda:N` devices whose driver library loads; `None` for the CPU or when NVML is not
+    /// there (logged: the gauges are then absent, nothing else changes).
+    pub fn for_device(device: crate::Device) -> Option<Self> {
+        let crate::Device::Cuda(index) = device else {
+            return None;
+        };
+        match nvml_wrapper::Nvml::builder()
+            .lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"))
+            .init()
+        {
+            Ok(nvml) => Some(Self { index, nvml }),
+            Err(e) => {
+                tracing::warn!(error = %e, device = %device, "NVML not available: no GPU memory metrics");
+                None
+            }
+        }
+    }
+}
+
+impl capfilt_telemetry::Collector for GpuMemory {
+    fn collect(&self) {
+        let info = self
+            .nvml
+            .device_by_index(self.index)
+            .and_then(|d| d.memory_info());
+        match info {
+            Ok(m) => {
+                let device = format!("cuda:{}", self.index);
+                gauge!(GPU_MEMORY_USED, "device" => device.clone()).set(m.used as f64);
+                gauge!(GPU_MEMORY_TOTAL, "device" => device).set(m.total as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading GPU memory through NVML failed"),
+        }
+    }
 }
 
 /// Sets the worker's info gauge.
@@ -150,6 +212,11 @@ pub fn info(device: &str, ort: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_gpu_gauges_for_the_cpu() {
+        assert!(GpuMemory::for_device(crate::Device::Cpu).is_none());
+    }
 
     #[test]
     fn ready_needs_runtime_registration_and_a_good_engine() {
