@@ -91,14 +91,13 @@ pub fn describe() {
 /// Counts a shard's committed figures.
 pub(crate) fn commit_counted(counts: &ShardCounts) {
     counter!(SHARDS_COMMITTED).increment(1);
-    counter!(ROWS_COMMITTED).increment(counts.rows_in);
-    counter!(TEXTS, "origin" => "web").increment(counts.web_texts);
-    counter!(TEXTS, "origin" => "synthetic").increment(counts.synthetic_texts);
-    counter!(TEXTS_KEPT, "origin" => "web").increment(counts.web_kept);
-    counter!(TEXTS_KEPT, "origin" => "synthetic").increment(counts.synthetic_kept);
-    for (reason, n) in &counts.rejects_by_reason {
-        counter!(REJECTS, "reason" => reason.as_str()).increment(*n);
+    capfilt_telemetry::CommitCounters {
+        rows: ROWS_COMMITTED,
+        texts: TEXTS,
+        texts_kept: TEXTS_KEPT,
+        rejects: REJECTS,
     }
+    .add(counts);
 }
 
 /// The label of a worker's failure kind.

@@ -9,14 +9,7 @@ use capfilt_proto::v1;
 use crate::bootstrap::record::RoundRecord;
 
 pub use capfilt_report::html::escape;
-
-fn pct(n: u64, d: u64) -> String {
-    if d == 0 {
-        "–".into()
-    } else {
-        format!("{:.1}%", 100.0 * n as f64 / d as f64)
-    }
-}
+use capfilt_report::html::pct;
 
 fn fig(m: &std::collections::BTreeMap<String, f64>, key: &str) -> String {
     m.get(key).map_or("–".into(), |v| format!("{v:.3}"))

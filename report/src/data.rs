@@ -152,18 +152,8 @@ pub async fn read(
     // The most confident rejections: a max-heap on probability keeps the lowest.
     let mut rejected: BinaryHeap<(OrdF32, ImageId)> = BinaryHeap::new();
     for c in &commits {
-        let loc = round.child(&c.files.scored.path);
-        let bytes = bytes::Bytes::from(loc.get_bytes().await?);
-        let corrupt = |e: &dyn std::fmt::Display| ReportError::Corrupt {
-            location: loc.display.clone(),
-            message: e.to_string(),
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.build())
-            .map_err(|e| corrupt(&e))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| corrupt(&e))?;
-            let s = Scored::of(&batch).map_err(|e| corrupt(&e))?;
+        for batch in scored_batches(round, c).await? {
+            let s = Scored::of(&batch);
             for i in 0..batch.num_rows() {
                 let prob = s.prob.value(i);
                 let web = s.origin.value(i) == "web";
@@ -225,18 +215,8 @@ pub async fn read(
             if !rejection_texts.keys().any(|(f, _)| *f == c.shard.file) {
                 continue;
             }
-            let loc = round.child(&c.files.scored.path);
-            let bytes = bytes::Bytes::from(loc.get_bytes().await?);
-            let corrupt = |e: &dyn std::fmt::Display| ReportError::Corrupt {
-                location: loc.display.clone(),
-                message: e.to_string(),
-            };
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|b| b.build())
-                .map_err(|e| corrupt(&e))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| corrupt(&e))?;
-                let s = Scored::of(&batch).map_err(|e| corrupt(&e))?;
+            for batch in scored_batches(round, c).await? {
+                let s = Scored::of(&batch);
                 for i in 0..batch.num_rows() {
                     let id: ImageId = (s.file.value(i).to_string(), s.row.value(i));
                     if let Some((key, list)) = rejection_texts.get_mut(&id) {
@@ -319,8 +299,39 @@ struct Scored<'a> {
     kept: &'a BooleanArray,
 }
 
+/// The batches of a commit's scored file, each checked to hold the columns [`Scored`] reads.
+async fn scored_batches(
+    round: &Location,
+    commit: &CommitRecord,
+) -> Result<Vec<RecordBatch>, ReportError> {
+    let loc = round.child(&commit.files.scored.path);
+    let bytes = bytes::Bytes::from(loc.get_bytes().await?);
+    let corrupt = |message: String| ReportError::Corrupt {
+        location: loc.display.clone(),
+        message,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| corrupt(e.to_string()))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| corrupt(e.to_string()))?;
+        Scored::try_of(&batch).map_err(corrupt)?;
+        out.push(batch);
+    }
+    Ok(out)
+}
+
 impl<'a> Scored<'a> {
-    fn of(b: &'a RecordBatch) -> Result<Self, String> {
+    /// The columns of a batch [`scored_batches`] checked.
+    fn of(b: &'a RecordBatch) -> Self {
+        match Self::try_of(b) {
+            Ok(s) => s,
+            Err(e) => unreachable!("scored_batches checked the columns: {e}"),
+        }
+    }
+
+    fn try_of(b: &'a RecordBatch) -> Result<Self, String> {
         fn column<'b, T: 'static>(b: &'b RecordBatch, name: &str) -> Result<&'b T, String> {
             b.column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<T>())

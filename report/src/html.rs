@@ -32,7 +32,8 @@ td.l,th.l{text-align:left}.plots img{width:720px;max-width:48%;margin:.3em;borde
 .badge{font-size:.75em;padding:0 .4em;border-radius:.6em;background:#eee;margin-right:.3em}\
 .muted{color:#777}.noimg{height:80px;display:flex;align-items:center;justify-content:center;background:#f6f6f6;color:#a22}";
 
-fn pct(n: u64, d: u64) -> String {
+/// `n / d` as a percentage with one decimal, `–` when `d` is 0.
+pub fn pct(n: u64, d: u64) -> String {
     if d == 0 {
         "–".into()
     } else {

@@ -54,6 +54,13 @@ fn png(
     Ok(out)
 }
 
+/// A legend entry: a short line in `color`.
+fn line_legend<C: Color + Copy + 'static>(
+    color: C,
+) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
 const WEB: RGBColor = RGBColor(31, 119, 180);
 const SYNTHETIC: RGBColor = RGBColor(255, 127, 14);
 const THRESHOLD: RGBColor = RGBColor(200, 30, 30);
@@ -116,14 +123,12 @@ pub fn itm_histogram(
             .draw_series(LineSeries::new(pw, WEB.stroke_width(2)))
             .map_err(plot_err)?
             .label(format!("web texts ({})", web.len()))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], WEB.stroke_width(2)));
+            .legend(line_legend(WEB));
         chart
             .draw_series(LineSeries::new(ps, SYNTHETIC.stroke_width(2)))
             .map_err(plot_err)?
             .label(format!("synthetic texts ({})", synthetic.len()))
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], SYNTHETIC.stroke_width(2))
-            });
+            .legend(line_legend(SYNTHETIC));
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(threshold, 0.0), (threshold, ymax)],
@@ -131,9 +136,7 @@ pub fn itm_histogram(
             )))
             .map_err(plot_err)?
             .label(format!("threshold {threshold}"))
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], THRESHOLD.stroke_width(2))
-            });
+            .legend(line_legend(THRESHOLD));
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperMiddle)
@@ -270,9 +273,7 @@ pub fn throughput(points: &[CommitPoint]) -> Result<Vec<u8>, ReportError> {
             // A legend for ten workers at most: beyond that the lines speak for the fleet.
             if i < 10 {
                 s.label(format!("{worker} ({rate:.1} rows/s)"))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
+                    .legend(line_legend(color));
             }
         }
         chart
@@ -365,14 +366,12 @@ pub fn precision_recall(
             .draw_series(LineSeries::new(prec, WEB.stroke_width(2)))
             .map_err(plot_err)?
             .label("precision")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], WEB.stroke_width(2)));
+            .legend(line_legend(WEB));
         chart
             .draw_series(LineSeries::new(rec, SYNTHETIC.stroke_width(2)))
             .map_err(plot_err)?
             .label("recall")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], SYNTHETIC.stroke_width(2))
-            });
+            .legend(line_legend(SYNTHETIC));
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(threshold, 0.0), (threshold, 1.05)],
@@ -380,9 +379,7 @@ pub fn precision_recall(
             )))
             .map_err(plot_err)?
             .label(format!("threshold {threshold}"))
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], THRESHOLD.stroke_width(2))
-            });
+            .legend(line_legend(THRESHOLD));
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerLeft)

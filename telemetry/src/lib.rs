@@ -161,6 +161,35 @@ pub async fn serve(
     served.map_err(TelemetryError::Serve)
 }
 
+/// The counters a committed shard's figures go to (the coordinator and workers each have a set,
+/// so that both sum to the round's manifest).
+#[derive(Debug, Clone, Copy)]
+pub struct CommitCounters {
+    /// Input rows.
+    pub rows: &'static str,
+    /// Texts judged, by `origin`.
+    pub texts: &'static str,
+    /// Texts kept, by `origin`.
+    pub texts_kept: &'static str,
+    /// Rejected rows, by `reason`.
+    pub rejects: &'static str,
+}
+
+impl CommitCounters {
+    /// Adds a committed shard's counts.
+    pub fn add(&self, counts: &capfilt_schemas::records::ShardCounts) {
+        use metrics::counter;
+        counter!(self.rows).increment(counts.rows_in);
+        counter!(self.texts, "origin" => "web").increment(counts.web_texts);
+        counter!(self.texts, "origin" => "synthetic").increment(counts.synthetic_texts);
+        counter!(self.texts_kept, "origin" => "web").increment(counts.web_kept);
+        counter!(self.texts_kept, "origin" => "synthetic").increment(counts.synthetic_kept);
+        for (reason, n) in &counts.rejects_by_reason {
+            counter!(self.rejects, "reason" => reason.as_str()).increment(*n);
+        }
+    }
+}
+
 /// Parses a `--metrics-listen` address, with the flag's name in the error.
 pub fn parse_listen(value: &str, what: &str) -> Result<std::net::SocketAddr, String> {
     value

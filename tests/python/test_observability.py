@@ -179,8 +179,12 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
                                    "--intra-threads", "1", "--metrics-listen", whttp.removeprefix("http://"),
                                    "--cache-dir", str(tmp_path / "cache")])
         wait_for("worker http", lambda: _up(whttp), 60, [w])
-        code, body = get(whttp + "/readyz")
-        assert code == 503 and "not registered with the coordinator" in body, body
+        # Not ready while ONNX Runtime loads, then not ready because no coordinator answers.
+        def reason():
+            code, body = get(whttp + "/readyz")
+            assert code == 503, body
+            return "not registered with the coordinator" in body
+        wait_for("worker not ready: not registered", reason, 60, [w])
 
         c = procs.start("coordinator", [
             BIN, "coordinator", "--listen", f"127.0.0.1:{port}", "--metrics-listen", chttp.removeprefix("http://"),

@@ -78,14 +78,13 @@ pub fn stage(name: &'static str, seconds: f64) {
 /// Counts the figures of a shard this worker committed.
 pub fn committed(counts: &ShardCounts) {
     counter!(SHARDS, "outcome" => "committed").increment(1);
-    counter!(ROWS_COMMITTED).increment(counts.rows_in);
-    counter!(TEXTS, "origin" => "web").increment(counts.web_texts);
-    counter!(TEXTS, "origin" => "synthetic").increment(counts.synthetic_texts);
-    counter!(TEXTS_KEPT, "origin" => "web").increment(counts.web_kept);
-    counter!(TEXTS_KEPT, "origin" => "synthetic").increment(counts.synthetic_kept);
-    for (reason, n) in &counts.rejects_by_reason {
-        counter!(REJECTS, "reason" => reason.as_str()).increment(*n);
+    capfilt_telemetry::CommitCounters {
+        rows: ROWS_COMMITTED,
+        texts: TEXTS,
+        texts_kept: TEXTS_KEPT,
+        rejects: REJECTS,
     }
+    .add(counts);
 }
 
 /// Counts a shard attempt that did not commit (`conflict`, `failed`, `released`).
