@@ -197,14 +197,30 @@ def test_long_running_pods_are_probed_over_http(rendered, overlay) -> None:
     objs = objects(rendered[overlay])
     cm = next(d for (k, n), d in objs.items() if k == "ConfigMap" and n.startswith("capfilt-config"))
     config = tomllib.loads(cm["data"]["capfilt.toml"])
+    # Every Deployment's containers (MinIO in dev too) have liveness and readiness probes.
+    for (kind, name), d in objs.items():
+        if kind == "Deployment":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                assert "livenessProbe" in c and "readinessProbe" in c, (name, c["name"])
+    policies = [d for (k, _), d in objs.items() if k == "NetworkPolicy"]
     for name, table in [("capfilt-coordinator", "coordinator"), ("capfilt-worker", "worker")]:
-        c = objs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
-        http = next(p for p in c["ports"] if p["name"] == "http")
-        assert config[table]["metrics_listen"] == f"0.0.0.0:{http['containerPort']}", table
-        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
-        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+        pod = objs[("Deployment", name)]["spec"]["template"]
+        for c in pod["spec"]["containers"]:
+            http = next(p for p in c["ports"] if p["name"] == "http")
+            assert config[table]["metrics_listen"] == f"0.0.0.0:{http['containerPort']}", table
+            assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
+            assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+            # Some NetworkPolicy that selects the pod lets the http port in (for scraping).
+            selecting = [np for np in policies
+                         if np["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()]
+            assert selecting, name
+            open_ports = {p["port"] for np in selecting for rule in np["spec"].get("ingress", [])
+                          for p in rule.get("ports", [])}
+            assert http["containerPort"] in open_ports, (name, open_ports)
     service = objs[("Service", "capfilt-coordinator")]
     assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "http"}
+    # Workers reach the coordinator whatever /readyz says (planning, training, after a restart).
+    assert service["spec"]["publishNotReadyAddresses"] is True
 
 
 def test_monitoring_renders_and_the_dashboard_queries_only_capfilt_metrics() -> None:
@@ -214,15 +230,32 @@ def test_monitoring_renders_and_the_dashboard_queries_only_capfilt_metrics() -> 
     assert pm["metadata"]["namespace"] == "capfilt"
     assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["http"]
     assert pm["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
-    assert set(pm["spec"]["selector"]["matchExpressions"][0]["values"]) == {"capfilt-coordinator", "capfilt-worker"}
+    assert pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
+    selector = pm["spec"]["selector"]["matchExpressions"][0]
+    assert selector["key"] == "app.kubernetes.io/name" and selector["operator"] == "In"
+    assert set(selector["values"]) == {"capfilt-coordinator", "capfilt-worker"}
+    # The selected pods carry that label and name a container port http in every overlay.
+    for overlay in OVERLAYS:
+        deployments = {n: d for (k, n), d in objects(kustomize(K8S / "overlays" / overlay)).items() if k == "Deployment"}
+        for name in selector["values"]:
+            pod = deployments[name]["spec"]["template"]
+            assert pod["metadata"]["labels"][selector["key"]] == name, (overlay, name)
+            assert any(p["name"] == "http" for c in pod["spec"]["containers"] for p in c["ports"]), (overlay, name)
     cm = objs[("ConfigMap", "capfilt-grafana-dashboard")]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     dash = json.loads(cm["data"]["capfilt-dashboard.json"])
     assert dash["schemaVersion"] >= 36 and dash["panels"]
+    # The data source is a variable (the sidecar) and an import input (Dashboards -> Import).
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
     used = set()
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], panel["title"]
         for t in panel["targets"]:
+            assert t["expr"].strip() and t["refId"], panel["title"]
             for name in re.findall(r"capfilt_[a-z_]+", t["expr"]):
                 used.add(re.sub(r"_(bucket|sum|count)$", "", name))
     assert used <= METRICS, used - METRICS
