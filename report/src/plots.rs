@@ -302,7 +302,7 @@ pub fn rejects(by_reason: &[(String, u64)]) -> Result<Vec<u8>, ReportError> {
             .x_label_area_size(40)
             .y_label_area_size(60)
             .build_cartesian_2d(
-                (0..n.max(1) as i32).into_segmented(),
+                (0..n.max(1) as i32 - 1).into_segmented(),
                 0u64..ymax + ymax / 10 + 1,
             )
             .map_err(plot_err)?;
@@ -447,6 +447,11 @@ mod tests {
         // Something was drawn: not a blank canvas.
         let rgb = img.to_rgb8();
         assert!(rgb.pixels().any(|p| p.0 != [255, 255, 255]));
+        for n in 1..=3 {
+            let by: Vec<(String, u64)> = (0..n).map(|i| (format!("r{i}"), 3 + i as u64)).collect();
+            let png = rejects(&by).expect("rejects plot");
+            assert!(image::load_from_memory(&png).is_ok(), "{n} reasons");
+        }
         let empty = rejects(&[]).expect("empty rejects plot");
         assert!(image::load_from_memory(&empty).is_ok());
     }
