@@ -307,6 +307,15 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         procs.stop()
 
 
+def test_log_lines_written_to_a_pipe_carry_no_colour_codes(bench, tmp_path):
+    r = subprocess.run([BIN, "run", "--input", str(bench / "web" / "zz-bad-rows.parquet"), "--output",
+                        str(tmp_path / "out"), "--captioner", str(SEED / "captioner"), "--filter",
+                        str(SEED / "filter"), "--workers", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "round manifest written" in r.stderr
+    assert "\x1b[" not in r.stderr, r.stderr[:400]
+
+
 def test_report_of_an_unfinished_round_is_a_usage_error(tmp_path):
     (tmp_path / "round-0001").mkdir()
     r = subprocess.run([BIN, "report", "--round", str(tmp_path / "round-0001")], capture_output=True, text=True)
