@@ -9,7 +9,7 @@ use capfilt_proto::v1;
 use crate::bootstrap::record::RoundRecord;
 
 pub use capfilt_report::html::escape;
-use capfilt_report::html::pct;
+use capfilt_report::html::kept_of;
 
 fn fig(m: &std::collections::BTreeMap<String, f64>, key: &str) -> String {
     m.get(key).map_or("–".into(), |v| format!("{v:.3}"))
@@ -115,17 +115,13 @@ fn run_section(h: &mut String, s: &v1::GetStatusResponse, reports: bool) {
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {} ({})</td><td>{} / {} ({})</td>\
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=l>{}</td><td class=l>{}</td></tr>",
             r.round,
             t.rows_in,
             t.rows_rejected,
-            t.web_kept,
-            t.web_texts,
-            pct(t.web_kept, t.web_texts),
-            t.synthetic_kept,
-            t.synthetic_texts,
-            pct(t.synthetic_kept, t.synthetic_texts),
+            kept_of(t.web_kept, t.web_texts),
+            kept_of(t.synthetic_kept, t.synthetic_texts),
             r.quarantined,
             r.images_per_second
                 .map_or("–".into(), |v| format!("{v:.1}")),

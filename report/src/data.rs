@@ -142,7 +142,6 @@ pub async fn read(
         commits.push(record);
     }
 
-    let mut web_probs = Vec::new();
     let mut synthetic_probs = Vec::new();
     // Web texts by input file: (row, prob), for the ground truth join.
     let mut web_by_file: BTreeMap<String, Vec<(u64, f32)>> = BTreeMap::new();
@@ -159,7 +158,6 @@ pub async fn read(
                 let web = s.origin.value(i) == "web";
                 let id: ImageId = (s.file.value(i).to_string(), s.row.value(i));
                 if web {
-                    web_probs.push(prob);
                     web_by_file
                         .entry(id.0.clone())
                         .or_default()
@@ -251,6 +249,7 @@ pub async fn read(
         .collect();
 
     let web_truth = read_truth(&web_by_file, options, &draw.truth_column).await?;
+    let web_probs = web_by_file.values().flatten().map(|r| r.1).collect();
     Ok(RoundData {
         manifest,
         commits,

@@ -33,12 +33,17 @@ td.l,th.l{text-align:left}.plots img{width:720px;max-width:48%;margin:.3em;borde
 .muted{color:#777}.noimg{height:80px;display:flex;align-items:center;justify-content:center;background:#f6f6f6;color:#a22}";
 
 /// `n / d` as a percentage with one decimal, `–` when `d` is 0.
-pub fn pct(n: u64, d: u64) -> String {
+fn pct(n: u64, d: u64) -> String {
     if d == 0 {
         "–".into()
     } else {
         format!("{:.1}%", 100.0 * n as f64 / d as f64)
     }
+}
+
+/// `kept / judged (share)`, as the totals and rounds tables show kept texts.
+pub fn kept_of(kept: u64, judged: u64) -> String {
+    format!("{kept} / {judged} ({})", pct(kept, judged))
 }
 
 fn short(sha: &str) -> &str {
@@ -65,17 +70,13 @@ pub fn render(data: &RoundData, summary: &ReportSummary, by_reason: &[(String, u
         h,
         "<h2>Totals</h2><table id=totals><tr><th>rows in</th><th>scored</th><th>rejected</th>\
          <th>web kept</th><th>synthetic kept</th><th>quarantined shards</th></tr>\
-         <tr><td>{}</td><td>{}</td><td>{}</td><td id=web-kept>{} / {} ({})</td>\
-         <td id=synthetic-kept>{} / {} ({})</td><td>{}</td></tr></table>",
+         <tr><td>{}</td><td>{}</td><td>{}</td><td id=web-kept>{}</td>\
+         <td id=synthetic-kept>{}</td><td>{}</td></tr></table>",
         t.rows_in,
         t.rows_scored,
         t.rows_rejected,
-        t.web_kept,
-        t.web_texts,
-        pct(t.web_kept, t.web_texts),
-        t.synthetic_kept,
-        t.synthetic_texts,
-        pct(t.synthetic_kept, t.synthetic_texts),
+        kept_of(t.web_kept, t.web_texts),
+        kept_of(t.synthetic_kept, t.synthetic_texts),
         quarantined
     );
     let _ = write!(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf32;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -59,6 +60,41 @@ fn line_legend<C: Color + Copy + 'static>(
     color: C,
 ) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
+/// A chart with f32 axes, as every plot but the rejects bars has.
+type F32Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf32, RangedCoordf32>>;
+
+/// Draws the chart's series labels at `position`.
+fn legend<'a, 'b: 'a>(
+    chart: &mut F32Chart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> Result<(), ReportError> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)
+}
+
+/// Marks the filter's threshold with a vertical line from 0 to `top`, with its legend entry.
+fn threshold_line<'a, 'b: 'a>(
+    chart: &mut F32Chart<'a, 'b>,
+    threshold: f32,
+    top: f32,
+) -> Result<(), ReportError> {
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(threshold, 0.0), (threshold, top)],
+            THRESHOLD.stroke_width(2),
+        )))
+        .map_err(plot_err)?
+        .label(format!("threshold {threshold}"))
+        .legend(line_legend(THRESHOLD));
+    Ok(())
 }
 
 const WEB: RGBColor = RGBColor(31, 119, 180);
@@ -129,21 +165,8 @@ pub fn itm_histogram(
             .map_err(plot_err)?
             .label(format!("synthetic texts ({})", synthetic.len()))
             .legend(line_legend(SYNTHETIC));
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(threshold, 0.0), (threshold, ymax)],
-                THRESHOLD.stroke_width(2),
-            )))
-            .map_err(plot_err)?
-            .label(format!("threshold {threshold}"))
-            .legend(line_legend(THRESHOLD));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperMiddle)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)
+        threshold_line(&mut chart, threshold, ymax)?;
+        legend(&mut chart, SeriesLabelPosition::UpperMiddle)
     })
 }
 
@@ -210,13 +233,7 @@ pub fn keep_rates(shards: &[ShardRates]) -> Result<Vec<u8>, ReportError> {
             .map_err(plot_err)?
             .label("synthetic")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, SYNTHETIC.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
 }
 
@@ -276,13 +293,7 @@ pub fn throughput(points: &[CommitPoint]) -> Result<Vec<u8>, ReportError> {
                     .legend(line_legend(color));
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
@@ -372,21 +383,8 @@ pub fn precision_recall(
             .map_err(plot_err)?
             .label("recall")
             .legend(line_legend(SYNTHETIC));
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(threshold, 0.0), (threshold, 1.05)],
-                THRESHOLD.stroke_width(2),
-            )))
-            .map_err(plot_err)?
-            .label(format!("threshold {threshold}"))
-            .legend(line_legend(THRESHOLD));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)
+        threshold_line(&mut chart, threshold, 1.05)?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)
     })?;
     Ok((bytes, curve))
 }
