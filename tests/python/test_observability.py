@@ -256,6 +256,7 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         assert wm["capfilt_worker_images_processed_total"] == totals["rows_scored"]
         assert wm["capfilt_worker_engine_loads_total"] == 1
         assert wm["capfilt_worker_active_leases"] == 0
+        assert wm["capfilt_worker_decode_queue_depth"] == 0
         assert any(k.startswith('capfilt_worker_info{device="cpu"') for k in wm)
         assert get(whttp + "/readyz")[0] == 200 and get(chttp + "/readyz")[0] == 200
 

@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -191,6 +191,11 @@ pub fn process_reader<R: ChunkReader + 'static>(
 
     let (tx, rx) = mpsc::sync_channel::<Result<Chunk, InferError>>(read.queue_depth.max(1));
     let source_name = source.to_string();
+    // Decoded chunks waiting in the channel, for the queue depth gauge: counted before a send
+    // (so the consumer never takes one the gauge has not seen) and settled after the producer
+    // ends (chunks left in a channel the consumer abandoned).
+    let queued = Arc::new(AtomicI64::new(0));
+    let in_queue = queued.clone();
     let producer = std::thread::spawn(move || {
         let mut next_row = first_row;
         for batch in reader {
@@ -217,10 +222,13 @@ pub fn process_reader<R: ChunkReader + 'static>(
                 prepared,
                 decode_ms: t.elapsed().as_millis() as u64,
             };
+            in_queue.fetch_add(1, Ordering::SeqCst);
+            metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).increment(1.0);
             if tx.send(Ok(chunk)).is_err() {
+                in_queue.fetch_sub(1, Ordering::SeqCst);
+                metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).decrement(1.0);
                 return; // the consumer stopped
             }
-            metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).increment(1.0);
         }
     });
 
@@ -239,6 +247,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
         }
         let chunk = match chunk {
             Ok(c) => {
+                queued.fetch_sub(1, Ordering::SeqCst);
                 metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).decrement(1.0);
                 c
             }
@@ -292,6 +301,8 @@ pub fn process_reader<R: ChunkReader + 'static>(
         }
     }
     drop(producer.join());
+    let abandoned = queued.swap(0, Ordering::SeqCst);
+    metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).decrement(abandoned as f64);
     if let Some(e) = failure {
         return Err(e);
     }
