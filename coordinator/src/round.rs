@@ -364,7 +364,7 @@ impl Round {
                     Event::Lease { .. } => {
                         metrics::counter!(crate::metrics::LEASES_GRANTED).increment(1)
                     }
-                    Event::Tick { .. } if from == "leased" => {
+                    Event::Tick { .. } if from == "leased" && next.name() != from => {
                         metrics::counter!(crate::metrics::LEASES_EXPIRED).increment(1)
                     }
                     _ => {}

@@ -246,6 +246,9 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         assert cm['capfilt_coordinator_shards{state="committed"}'] == 0
         assert cm["capfilt_coordinator_round"] == 0
         assert cm["capfilt_coordinator_shards_committed_total"] == committed_shards
+        # Nothing expired in a round without faults (a tick over a live lease is not an expiry).
+        assert cm.get("capfilt_coordinator_leases_expired_total", 0) == 0
+        assert cm["capfilt_coordinator_leases_granted_total"] == committed_shards
         assert cm['capfilt_coordinator_workers{state="idle"}'] == 1
         assert cm['capfilt_coordinator_rpc_duration_seconds_count{method="PollWork",code="ok"}'] > 0
         assert cm['capfilt_coordinator_rpc_duration_seconds_count{method="CompleteShard",code="ok"}'] == committed_shards
