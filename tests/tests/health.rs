@@ -1,10 +1,11 @@
 //! Readiness as Kubernetes and gRPC clients see it: `grpc.health.v1` on the gRPC port and
 //! `/readyz` on the HTTP port say NOT_SERVING / 503 until a round is opened, then SERVING / 200;
-//! `/healthz` answers 200 throughout.
+//! `/healthz` answers 200 throughout. Also: a lease nobody heartbeats counts one expiry.
 
 use std::time::Duration;
 
 use capfilt_coordinator::{CoordinatorService, Round, Timing};
+use capfilt_proto::v1;
 use capfilt_tests::round::{round_spec, write_dataset};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -85,7 +86,7 @@ async fn not_ready_until_a_round_opens_on_grpc_and_http() {
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
-    let mut client = HealthClient::new(channel);
+    let mut client = HealthClient::new(channel.clone());
     // The reporter sets its first status within a tick.
     tokio::time::sleep(Duration::from_millis(400)).await;
     for name in ["", capfilt_coordinator::GRPC_SERVICE_NAME] {
@@ -140,6 +141,58 @@ async fn not_ready_until_a_round_opens_on_grpc_and_http() {
     let (code, page) = http_get(http_addr, "/").await;
     assert_eq!(code, 200);
     assert!(page.contains("<td id=shards-pending>2</td>"), "{page}");
+
+    // A lease nobody heartbeats is taken back once: granted 1, expired 1 (live leases that the
+    // sweeper ticks over are not expiries).
+    let mut coord = capfilt_proto::v1::coordinator_client::CoordinatorClient::new(channel.clone());
+    coord
+        .register_worker(v1::RegisterWorkerRequest {
+            protocol_version: capfilt_proto::PROTOCOL_VERSION,
+            worker_id: "silent".into(),
+            device: None,
+            slots: 1,
+            hostname: "localhost".into(),
+            build_version: "test".into(),
+        })
+        .await
+        .expect("register");
+    let leased = coord
+        .poll_work(v1::PollWorkRequest {
+            protocol_version: capfilt_proto::PROTOCOL_VERSION,
+            worker_id: "silent".into(),
+            free_slots: 1,
+            leases: Vec::new(),
+            accepting: true,
+        })
+        .await
+        .expect("poll")
+        .into_inner();
+    assert_eq!(leased.new_leases.len(), 1);
+    let (_, metrics) = http_get(http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("capfilt_coordinator_leases_granted_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("capfilt_coordinator_leases_expired_total"),
+        "{metrics}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(http_addr, "/metrics").await;
+        if metrics.contains("capfilt_coordinator_leases_expired_total 1\n") {
+            break;
+        }
+        assert!(
+            !metrics.contains("capfilt_coordinator_leases_expired_total"),
+            "one lease expires once: {metrics}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never expired: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let _ = stop_tx.send(true);
     server.await.expect("join").expect("grpc server");
