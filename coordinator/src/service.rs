@@ -568,14 +568,8 @@ impl Coordinator for CoordinatorService {
             .into());
         };
         let applied = if kind == v1::FailureKind::Released {
-            let released = round.release(&req.shard_id, req.attempt);
-            if released {
-                metrics::counter!(crate::metrics::LEASES_RELEASED).increment(1);
-            }
-            released
+            round.release(&req.shard_id, req.attempt)
         } else {
-            metrics::counter!(crate::metrics::LEASE_FAILURES, "kind" => crate::metrics::failure_kind(kind))
-                .increment(1);
             round.fail(
                 &req.shard_id,
                 req.attempt,
@@ -590,6 +584,12 @@ impl Coordinator for CoordinatorService {
                 attempt: req.attempt,
             }
             .into());
+        }
+        if kind == v1::FailureKind::Released {
+            metrics::counter!(crate::metrics::LEASES_RELEASED).increment(1);
+        } else {
+            metrics::counter!(crate::metrics::LEASE_FAILURES, "kind" => crate::metrics::failure_kind(kind))
+                .increment(1);
         }
         tracing::warn!(worker = %req.worker_id, shard = %req.shard_id, attempt = req.attempt, kind = ?kind, retryable = req.retryable, error = %req.error, "shard attempt failed");
         drop(round);
