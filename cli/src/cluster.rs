@@ -207,14 +207,14 @@ pub fn run_worker_command(args: WorkerArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
         if let Some(l) = crate::telemetry::bind(metrics).await? {
-            let health = config.health.clone();
             let gpu = capfilt_worker::metrics::GpuMemory::for_device(config.session.device);
-            tokio::spawn(async move {
-                let stop = std::future::pending::<()>();
-                if let Err(e) = capfilt_worker::metrics::serve_http(health, gpu, l, stop).await {
-                    tracing::error!(error = %e, "http server failed");
-                }
-            });
+            // Serves until the process exits (after the worker's drain).
+            crate::telemetry::spawn(capfilt_worker::metrics::serve_http(
+                config.health.clone(),
+                gpu,
+                l,
+                std::future::pending(),
+            ));
         }
         let summary = run_worker(config, crate::serve::shutdown_signal())
             .await

@@ -68,14 +68,12 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
         if !has_round {
             // No run: answer registration and status only.
             if let Some(l) = http {
-                let s = service.clone();
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        capfilt_coordinator::http::serve(s, None, l, shutdown_signal()).await
-                    {
-                        tracing::error!(error = %e, "http server failed");
-                    }
-                });
+                crate::telemetry::spawn(capfilt_coordinator::http::serve(
+                    service.clone(),
+                    None,
+                    l,
+                    shutdown_signal(),
+                ));
             }
             return capfilt_coordinator::run(service, listener, shutdown_signal())
                 .await

@@ -33,3 +33,16 @@ pub async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, CliEr
         .map(Some)
         .map_err(CliError::Usage)
 }
+
+/// Runs an HTTP server beside the command, logging its failure (the command goes on without it).
+pub fn spawn(
+    server: impl std::future::Future<Output = Result<(), capfilt_telemetry::TelemetryError>>
+    + Send
+    + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+}
