@@ -1,20 +1,111 @@
 #!/usr/bin/env python3
-"""How good a CapFilt round's filtering is, against the synthetic benchmark's ground truth.
+"""How good a CapFilt round's cleaned set is, against the synthetic benchmark's ground truth.
 
 Follows the round's commit records (never raw listings) to its scored files and joins them with
-the input's gt_match / gt_caption columns: precision and recall of the kept web texts, the keep
-rates, and how many kept synthetic captions equal the ground-truth caption.
+the input's gt_match / gt_caption columns. Every proportion comes with its 95% Wilson interval.
+
+- kept web texts: precision (kept and matching / kept) and recall (kept and matching / matching);
+- kept synthetic texts: the same, where a synthetic caption is correct when it equals the image's
+  ground-truth caption (the benchmark's captions are canonical, so "says the same" is "equal");
+- coverage: the share of web images left with at least one correct text. Raw: the image's own web
+  text matches it. Cleaned: at least one kept text (web or synthetic) is correct. The difference
+  is paired (the same images), with a 95% interval for paired proportions. This is the number a
+  downstream trainer cares about: how many images still teach it something true.
 
     python scripts/round_quality.py --round OUT/round-0001 --truth BENCH/web [--json]
 """
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+Z = 1.959964  # 95%
+
+
+def wilson(k: int, n: int) -> dict | None:
+    """Proportion k/n with its 95% Wilson score interval (good at 0 and 1, unlike Wald's)."""
+    if n == 0:
+        return None
+    p = k / n
+    denom = 1 + Z * Z / n
+    centre = (p + Z * Z / (2 * n)) / denom
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / denom
+    return {"value": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half), "k": k, "n": n}
+
+
+def paired_difference(gain: int, loss: int, n: int) -> dict | None:
+    """Difference of two paired proportions (after - before) over n items: `gain` items are
+    covered only after, `loss` only before; 95% Wald interval of the paired difference."""
+    if n == 0:
+        return None
+    d = (gain - loss) / n
+    var = ((gain + loss) / n - d * d) / n
+    half = Z * math.sqrt(max(var, 0.0))
+    return {"value": d, "lo": d - half, "hi": d + half, "gain": gain, "loss": loss, "n": n}
+
+
+def quality(round_dir: Path, truth_path: str) -> dict:
+    commits = [json.loads(f.read_text()) for f in sorted((round_dir / "_commits").glob("*.json"))]
+    if not commits:
+        raise FileNotFoundError(f"no commit records under {round_dir}/_commits")
+    scored = pa.concat_tables([pq.read_table(round_dir / c["files"]["scored"]["path"]) for c in commits])
+    truth = pq.read_table(truth_path, columns=["key", "gt_match", "gt_caption"])
+    con = duckdb.connect()
+    con.register("scored", scored)
+    con.register("truth", truth)
+    con.execute("""
+        create temp table judged as
+        select s.key, origin, kept, case when origin = 'web' then t.gt_match else s.text = t.gt_caption end as correct
+        from scored s join truth t using (key)""")
+    web = con.execute("""
+        select count(*) filter (where kept and correct), count(*) filter (where kept),
+               count(*) filter (where correct), count(*)
+        from judged where origin = 'web'""").fetchone()
+    syn = con.execute("""
+        select count(*) filter (where kept and correct), count(*) filter (where kept),
+               count(*) filter (where correct), count(*)
+        from judged where origin = 'synthetic'""").fetchone()
+    # Per web image: raw coverage from its web text, cleaned coverage from every kept text.
+    cov = con.execute("""
+        with per_image as (
+          select key, bool_or(origin = 'web' and correct) as raw, bool_or(kept and correct) as cleaned
+          from judged group by key having bool_or(origin = 'web'))
+        select count(*), count(*) filter (where raw), count(*) filter (where cleaned),
+               count(*) filter (where cleaned and not raw), count(*) filter (where raw and not cleaned)
+        from per_image""").fetchone()
+    images, raw_cov, clean_cov, gain, loss = cov
+    tp, kept, positives, total = web
+    stp, skept, spos, stotal = syn
+    return {
+        "web_texts": total,
+        "web_kept": kept,
+        "web_keep_rate": kept / total if total else None,
+        "raw_web_precision": wilson(positives, total),
+        "kept_web_precision": wilson(tp, kept),
+        "kept_web_recall": wilson(tp, positives),
+        "synthetic_texts": stotal,
+        "synthetic_kept": skept,
+        "synthetic_keep_rate": skept / stotal if stotal else None,
+        "synthetic_correct": wilson(spos, stotal),
+        "kept_synthetic_precision": wilson(stp, skept),
+        "kept_synthetic_recall": wilson(stp, spos),
+        "images": images,
+        "raw_coverage": wilson(raw_cov, images),
+        "cleaned_coverage": wilson(clean_cov, images),
+        "coverage_gain": paired_difference(gain, loss, images),
+    }
+
+
+def fmt(x: dict | None) -> str:
+    """'97.1% [96.6, 97.5]' for a proportion with its interval."""
+    if x is None:
+        return "-"
+    return f"{100 * x['value']:.1f}% [{100 * x['lo']:.1f}, {100 * x['hi']:.1f}]"
 
 
 def main() -> int:
@@ -23,47 +114,23 @@ def main() -> int:
     p.add_argument("--truth", required=True, help="the benchmark split the round read (gt_match, gt_caption)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    rnd = Path(args.round)
-    commits = [json.loads(f.read_text()) for f in sorted((rnd / "_commits").glob("*.json"))]
-    if not commits:
-        print(f"no commit records under {rnd}/_commits", file=sys.stderr)
+    try:
+        out = quality(Path(args.round), args.truth)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
         return 2
-    scored = pa.concat_tables([pq.read_table(rnd / c["files"]["scored"]["path"]) for c in commits])
-    truth = pq.read_table(args.truth, columns=["key", "gt_match", "gt_caption"])
-    con = duckdb.connect()
-    con.register("scored", scored)
-    con.register("truth", truth)
-    web = con.execute("""
-        select count(*) filter (where kept and gt_match), count(*) filter (where kept),
-               count(*) filter (where gt_match), count(*)
-        from scored s join truth t using (key) where origin = 'web'""").fetchone()
-    syn = con.execute("""
-        select count(*) filter (where kept), count(*),
-               count(*) filter (where kept and text = gt_caption), count(*) filter (where text = gt_caption)
-        from scored s join truth t using (key) where origin = 'synthetic'""").fetchone()
-    tp, kept, positives, total = web
-    out = {
-        "web_texts": total,
-        "web_kept": kept,
-        "web_keep_rate": kept / total if total else None,
-        "raw_web_precision": positives / total if total else None,
-        "kept_web_precision": tp / kept if kept else None,
-        "kept_web_recall": tp / positives if positives else None,
-        "synthetic_texts": syn[1],
-        "synthetic_kept": syn[0],
-        "synthetic_keep_rate": syn[0] / syn[1] if syn[1] else None,
-        "synthetic_exact": syn[3] / syn[1] if syn[1] else None,
-        "kept_synthetic_exact": syn[2] / syn[0] if syn[0] else None,
-    }
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    f = lambda v: "-" if v is None else f"{100 * v:.1f}%"
-    print(f"web texts       {total}: kept {kept} ({f(out['web_keep_rate'])})")
-    print(f"web precision   raw {f(out['raw_web_precision'])} -> kept {f(out['kept_web_precision'])} "
-          f"(recall {f(out['kept_web_recall'])})")
-    print(f"synthetic texts {syn[1]}: kept {syn[0]} ({f(out['synthetic_keep_rate'])}); "
-          f"equal to the ground truth: {f(out['synthetic_exact'])} of all, {f(out['kept_synthetic_exact'])} of kept")
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+    print(f"web texts        {out['web_texts']}: kept {out['web_kept']} ({pct(out['web_keep_rate'])})")
+    print(f"web precision    raw {fmt(out['raw_web_precision'])} -> kept {fmt(out['kept_web_precision'])}")
+    print(f"web recall       {fmt(out['kept_web_recall'])}")
+    print(f"synthetic texts  {out['synthetic_texts']}: kept {out['synthetic_kept']} ({pct(out['synthetic_keep_rate'])}); "
+          f"correct {fmt(out['synthetic_correct'])}")
+    print(f"synthetic kept   precision {fmt(out['kept_synthetic_precision'])}, recall {fmt(out['kept_synthetic_recall'])}")
+    print(f"coverage         raw {fmt(out['raw_coverage'])} -> cleaned {fmt(out['cleaned_coverage'])} "
+          f"(gain {fmt(out['coverage_gain'])} points, {out['images']} images)")
     return 0
 
 

@@ -1,23 +1,22 @@
 #!/usr/bin/env python3
 """The per-round table of a bootstrap run on the synthetic benchmark: rows processed, img/s, web
-and synthetic texts kept, precision and recall of the kept web pairs against the ground truth,
-and the held-out figures of the round's captioner (exact match) and filter (ROC-AUC).
+and synthetic texts kept, precision and recall of the kept web and synthetic texts and the
+coverage of the cleaned set against the ground truth (each with its 95% interval, see
+round_quality.py), and the held-out figures of the round's captioner (exact match, shape
+accuracy) and filter (ROC-AUC).
 
     python scripts/rounds_table.py --output OUT --truth BENCH/web [--json]
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-def quality(round_dir: Path, truth: str) -> dict:
-    r = subprocess.run([sys.executable, str(HERE / "round_quality.py"), "--round", str(round_dir), "--truth", truth, "--json"],
-                       capture_output=True, text=True, check=True)
-    return json.loads(r.stdout)
+sys.path.insert(0, str(HERE))
+from round_quality import fmt, quality  # noqa: E402
 
 
 def main() -> int:
@@ -40,6 +39,11 @@ def main() -> int:
             "raw_web_precision": q["raw_web_precision"],
             "kept_web_precision": q["kept_web_precision"],
             "kept_web_recall": q["kept_web_recall"],
+            "kept_synthetic_precision": q["kept_synthetic_precision"],
+            "kept_synthetic_recall": q["kept_synthetic_recall"],
+            "raw_coverage": q["raw_coverage"],
+            "cleaned_coverage": q["cleaned_coverage"],
+            "coverage_gain": q["coverage_gain"],
             "captioner_exact_match": r["captioner_eval"].get("exact_match"),
             "captioner_shape_acc": r["captioner_eval"].get("shape_acc"),
             "filter_auc": r["filter_eval"].get("auc"),
@@ -50,14 +54,22 @@ def main() -> int:
         return 0
     pct = lambda v: "-" if v is None else f"{100 * v:5.1f}%"
     num = lambda v, f="{:.3f}": "-" if v is None else f.format(v)
-    print(f"{'round':>5} {'rows':>7} {'img/s':>7} {'web kept':>9} {'syn kept':>9} {'kept-web P':>10} {'kept-web R':>10} "
+    print(f"{'round':>5} {'rows':>7} {'img/s':>7} {'web kept':>9} {'syn kept':>9} "
           f"{'capt. exact':>11} {'capt. shape':>11} {'filter AUC':>10}")
     for x in rows:
         print(f"{x['round']:>5} {x['rows']:>7} {num(x['images_per_second'], '{:.0f}'):>7} {pct(x['web_kept']):>9} "
-              f"{pct(x['synthetic_kept']):>9} {pct(x['kept_web_precision']):>10} {pct(x['kept_web_recall']):>10} "
-              f"{num(x['captioner_exact_match']):>11} {num(x['captioner_shape_acc']):>11} {num(x['filter_auc']):>10}")
+              f"{pct(x['synthetic_kept']):>9} {num(x['captioner_exact_match']):>11} {num(x['captioner_shape_acc']):>11} "
+              f"{num(x['filter_auc']):>10}")
+    print("against the ground truth, 95% intervals in brackets:")
+    print(f"{'round':>5} {'kept-web precision':>20} {'kept-web recall':>20} {'kept-synthetic P':>20} {'kept-synthetic R':>20} "
+          f"{'coverage':>20}")
+    for x in rows:
+        print(f"{x['round']:>5} {fmt(x['kept_web_precision']):>20} {fmt(x['kept_web_recall']):>20} "
+              f"{fmt(x['kept_synthetic_precision']):>20} {fmt(x['kept_synthetic_recall']):>20} {fmt(x['cleaned_coverage']):>20}")
     if rows:
-        print(f"raw web precision (no filtering): {pct(rows[0]['raw_web_precision'])}")
+        print(f"raw web set (no filtering): precision {fmt(rows[0]['raw_web_precision'])}, coverage {fmt(rows[0]['raw_coverage'])}")
+        for x in rows:
+            print(f"round {x['round']}: coverage gain over raw {fmt(x['coverage_gain'])} points")
     return 0
 
 
