@@ -1,4 +1,4 @@
-"""``python -m capfilt_trainer {train,export,eval,golden}``."""
+"""``python -m capfilt_trainer {train,export,eval,stage,diagnose,golden}``."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="URL of the job's spec JSON (written by the coordinator)")
     s.add_argument("--work", help="local work folder (default: a temporary one)")
 
+    d = sub.add_parser("diagnose", help="experiments on why a model does not see shapes (linear probe, from-scratch classifier)")
+    d.add_argument("what", choices=["probe", "classify"])
+    d.add_argument("--train", required=True, help="Parquet with gt_caption to fit on")
+    d.add_argument("--eval", required=True, help="held-out Parquet with gt_caption")
+    d.add_argument("--limit", type=int, help="training rows at most")
+    d.add_argument("--eval-limit", type=int, default=1000, help="evaluation rows at most")
+    d.add_argument("--checkpoint", help="probe: a bundle folder or HF checkpoint folder")
+    d.add_argument("--steps", type=int, default=1200, help="classify: training steps")
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--eval-every", type=int, default=400)
+    d.add_argument("--image-size", type=int, default=96)
+    d.add_argument("--patch", type=int, default=16)
+    d.add_argument("--width", type=int, default=64)
+    d.add_argument("--layers", type=int, default=2)
+    d.add_argument("--binarise", action="store_true", help="classify shape masks instead of the images")
+    d.add_argument("--gray", action="store_true", help="classify luminance images")
+    d.add_argument("--cnn", action="store_true", help="a 4-layer CNN instead of the BLIP vision tower")
+    d.add_argument("--json", action="store_true", help="print the figures as one JSON line on stdout")
+
     g = sub.add_parser("golden", help="write golden outputs (HF reference) for the Rust parity tests")
     g.add_argument("--captioner", required=True)
     g.add_argument("--filter", required=True)
@@ -74,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             from .stage import stage
 
             stage(args)
+        elif args.command == "diagnose":
+            if args.what == "probe" and not args.checkpoint:
+                raise ValueError("diagnose probe needs --checkpoint (a bundle or HF checkpoint folder)")
+            from .diagnose import diagnose
+
+            diagnose(args)
         elif args.command == "golden":
             from .golden import golden
 

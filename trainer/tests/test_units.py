@@ -61,3 +61,26 @@ def test_preprocessing_matches_hf_blip_image_processor(bench):
         with Image.open(io.BytesIO(data)) as im:
             ref = proc(images=im, return_tensors="np")["pixel_values"][0]
         assert np.max(np.abs(ours[i] - ref)) < 1e-5
+
+
+def test_diagnose_probe_and_classifier_run_and_report_accuracies(bench):
+    """The shape diagnosis commands (trainer README) run end to end on a small benchmark."""
+    import json as _json
+
+    from conftest import SEED_BUNDLES, run_trainer
+
+    r = run_trainer("diagnose", "probe", "--checkpoint", str(SEED_BUNDLES / "captioner"), "--train", str(bench / "seed"),
+                    "--eval", str(bench / "eval"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout.strip().splitlines()[-1])
+    for part in ("cls", "mean_patch", "all_patches"):
+        assert 0.0 <= out[f"{part}_shape_acc"] <= 1.0 and 0.0 <= out[f"{part}_colour_acc"] <= 1.0
+    # the seed captioner's tower carries colour: far above chance (1/12) from all patch tokens
+    assert out["all_patches_colour_acc"] > 0.3
+    r = run_trainer("diagnose", "classify", "--train", str(bench / "seed"), "--eval", str(bench / "eval"), "--binarise",
+                    "--steps", "20", "--eval-every", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["images"] == "binarised" and [c["step"] for c in out["curve"]] == [10, 20]
+    r = run_trainer("diagnose", "probe", "--train", str(bench / "seed"), "--eval", str(bench / "eval"))
+    assert r.returncode == 2 and "needs --checkpoint" in r.stderr

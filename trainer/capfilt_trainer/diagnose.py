@@ -1,0 +1,203 @@
+"""Why a captioner does not name shapes: the experiments behind the trainer README's "Why the seed
+models do not see shapes".
+
+``probe``
+    A linear probe (multinomial logistic regression) on a bundle's or checkpoint's vision tower:
+    can the first shape's colour and kind be read linearly from its CLS token, its mean patch
+    token and all its patch tokens? If the kind cannot be read from the tower, no decoder on top
+    of it can name it.
+``classify``
+    A BLIP vision tower (HF's ``BlipVisionModel``, the same class and initialisation as the
+    captioner's) trained from scratch to classify the first shape's kind, with nothing else to
+    learn: the upper bound of what the captioner's tower can learn from the same images in the
+    same number of steps. ``--binarise`` replaces every image by its shape mask (white shapes on
+    black), ``--gray`` by its luminance: the controls that tell what makes the task hard.
+    ``--cnn`` trains a 4-layer CNN instead (the inductive-bias control).
+
+Both print one line per evaluation; ``--json`` prints the final figures as one JSON line.
+
+    python -m capfilt_trainer diagnose probe --checkpoint CKPT --train BENCH/seed --eval BENCH/eval
+    python -m capfilt_trainer diagnose classify --train BENCH/seed --eval BENCH/eval --steps 1200
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import progress, read_examples
+from .evaluate import parse
+from .preprocess import normalise, resized_uint8
+
+SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "hexagon"]
+COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "cyan"]
+
+
+def labelled(url: str, limit: int | None, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[N,3,size,size] uint8 images and the first shape's (colour, kind) indices from gt_caption."""
+    examples = read_examples(url, limit=limit)
+    images, colours, kinds = [], [], []
+    for e in examples:
+        parsed = parse(e.gt_caption or "")
+        if parsed is None:
+            continue
+        colour, kind = parsed[1][0]
+        images.append(resized_uint8(e.image, size))
+        colours.append(COLOURS.index(colour))
+        kinds.append(SHAPES.index(kind))
+    if not images:
+        raise ValueError(f"{url}: no rows with a canonical gt_caption")
+    return np.stack(images), np.array(colours), np.array(kinds)
+
+
+def logistic_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray, classes: int) -> float:
+    """Held-out accuracy of an L2-regularised multinomial logistic regression (LBFGS) on
+    standardised features."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    x, xt = (train_x - mu) / sd, (test_x - mu) / sd
+    y = torch.from_numpy(train_y)
+    lin = nn.Linear(x.shape[1], classes)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=300)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(x), y) + 1e-3 * (lin.weight**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(xt).argmax(1).numpy() == test_y).mean())
+
+
+def probe(args) -> dict:
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    from pathlib import Path
+
+    ckpt = Path(args.checkpoint)
+    if (ckpt / "bundle.json").exists():
+        ckpt = ckpt / "checkpoint"
+    config = json.loads((ckpt / "config.json").read_text())
+    cls = BlipForImageTextRetrieval if "BlipForImageTextRetrieval" in config.get("architectures", []) else BlipForConditionalGeneration
+    model = cls.from_pretrained(str(ckpt)).eval()
+    size = model.config.vision_config.image_size
+
+    def features(images: np.ndarray) -> dict[str, torch.Tensor]:
+        parts: dict[str, list[torch.Tensor]] = {"cls": [], "mean_patch": [], "all_patches": []}
+        with torch.no_grad():
+            for i in range(0, len(images), 128):
+                h = model.vision_model(pixel_values=normalise(images[i : i + 128])).last_hidden_state
+                parts["cls"].append(h[:, 0])
+                parts["mean_patch"].append(h[:, 1:].mean(1))
+                parts["all_patches"].append(h[:, 1:].flatten(1))
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    tr_img, tr_col, tr_kind = labelled(args.train, args.limit, size)
+    te_img, te_col, te_kind = labelled(args.eval, args.eval_limit, size)
+    ftr, fte = features(tr_img), features(te_img)
+    out: dict = {"checkpoint": str(ckpt), "train_rows": len(tr_img), "eval_rows": len(te_img)}
+    for name in ftr:
+        out[f"{name}_colour_acc"] = logistic_probe(ftr[name], tr_col, fte[name], te_col, len(COLOURS))
+        out[f"{name}_shape_acc"] = logistic_probe(ftr[name], tr_kind, fte[name], te_kind, len(SHAPES))
+        print(f"{name:<12} colour {out[f'{name}_colour_acc']:.3f}  shape {out[f'{name}_shape_acc']:.3f}", flush=True)
+    out["shape_chance"] = float(np.bincount(te_kind).max() / len(te_kind))
+    return out
+
+
+def binarised(images: np.ndarray) -> np.ndarray:
+    """White where a pixel differs from the image's top-left (background) pixel, black elsewhere."""
+    c = images.astype(np.int16)
+    mask = np.abs(c - c[:, :, :1, :1]).sum(1, keepdims=True) > 40
+    return np.repeat(mask.astype(np.uint8) * 255, 3, 1)
+
+
+def grayscale(images: np.ndarray) -> np.ndarray:
+    return np.repeat(images.mean(1, keepdims=True).astype(np.uint8), 3, 1)
+
+
+class Cnn(nn.Module):
+    def __init__(self, classes: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in [(3, 32), (32, 64), (64, 64), (64, 64)]:
+            layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.ReLU()]
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class VitClassifier(nn.Module):
+    """HF's BlipVisionModel (as in the captioner) + a linear head on the mean patch token."""
+
+    def __init__(self, size: int, patch: int, width: int, layers: int, classes: int):
+        super().__init__()
+        from transformers import BlipVisionConfig, BlipVisionModel
+
+        config = BlipVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                                  num_attention_heads=max(2, width // 32), image_size=size, patch_size=patch, initializer_range=0.02)
+        self.vision = BlipVisionModel(config)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.vision(pixel_values=x).last_hidden_state[:, 1:].mean(1))
+
+
+def classify(args) -> dict:
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    tr_img, _, tr_kind = labelled(args.train, args.limit, args.image_size)
+    te_img, _, te_kind = labelled(args.eval, args.eval_limit, args.image_size)
+    variant = "raw"
+    if args.binarise:
+        tr_img, te_img, variant = binarised(tr_img), binarised(te_img), "binarised"
+    elif args.gray:
+        tr_img, te_img, variant = grayscale(tr_img), grayscale(te_img), "gray"
+    model: nn.Module = Cnn(len(SHAPES)) if args.cnn else VitClassifier(args.image_size, args.patch, args.width, args.layers, len(SHAPES))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    labels = torch.from_numpy(tr_kind)
+    test_labels = torch.from_numpy(te_kind)
+
+    def accuracy() -> float:
+        model.eval()
+        hits = 0
+        with torch.no_grad():
+            for i in range(0, len(te_img), 256):
+                hits += int((model(normalise(te_img[i : i + 256])).argmax(1) == test_labels[i : i + 256]).sum())
+        model.train()
+        return hits / len(te_img)
+
+    t0 = time.time()
+    curve = []
+    losses: list[float] = []
+    for step in range(1, args.steps + 1):
+        idx = rng.integers(0, len(tr_img), args.batch_size)
+        loss = F.cross_entropy(model(normalise(tr_img[idx])), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % args.eval_every == 0 or step == args.steps:
+            acc = accuracy()
+            curve.append({"step": step, "train_loss": float(np.mean(losses[-args.eval_every :])), "eval_shape_acc": acc})
+            print(f"[{variant}] step {step}/{args.steps} train loss {curve[-1]['train_loss']:.3f} eval shape acc {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    return {"model": "cnn" if args.cnn else f"blip-vit p{args.patch} w{args.width} L{args.layers} {args.image_size}px",
+            "images": variant, "train_rows": len(tr_img), "eval_rows": len(te_img), "steps": args.steps,
+            "final_eval_shape_acc": curve[-1]["eval_shape_acc"], "curve": curve}
+
+
+def diagnose(args) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = probe(args) if args.what == "probe" else classify(args)
+    progress(f"[diagnose] {args.what} done")
+    if args.json:
+        print(json.dumps(result))
