@@ -33,7 +33,7 @@ echo "[demo] checking ONNX Runtime"
 "$bin" doctor
 
 echo "[demo] writing the synthetic benchmark to $out/bench"
-"$bin" synth --out "$out/bench" --seed-rows 4000 --web-rows 10000 --eval-rows 500 --noise 0.4 --seed 0
+"$bin" synth --out "$out/bench" --seed-rows 4000 --web-rows 10000 --eval-rows 2000 --noise 0.4 --seed 0
 t2=$(date +%s)
 
 echo "[demo] 2 bootstrap rounds over $out/bench/web from models/shapes-seed (retraining between them)"

@@ -9,7 +9,9 @@ the input's gt_match / gt_caption columns. Every proportion comes with its 95% W
   ground-truth caption (the benchmark's captions are canonical, so "says the same" is "equal");
 - coverage: the share of web images left with at least one correct text. Raw: the image's own web
   text matches it. Cleaned: at least one kept text (web or synthetic) is correct. The difference
-  is paired (the same images), with a 95% interval for paired proportions. This is the number a
+  is paired (the same images), with a 95% interval for paired proportions;
+- with the benchmark's `noise` column: the share of web texts kept per kind of noise (and of the
+  matching ones), i.e. which wrong texts the filter lets through. This is the number a
   downstream trainer cares about: how many images still teach it something true.
 
     python scripts/round_quality.py --round OUT/round-0001 --truth BENCH/web [--json]
@@ -54,7 +56,9 @@ def quality(round_dir: Path, truth_path: str) -> dict:
     if not commits:
         raise FileNotFoundError(f"no commit records under {round_dir}/_commits")
     scored = pa.concat_tables([pq.read_table(round_dir / c["files"]["scored"]["path"]) for c in commits])
-    truth = pq.read_table(truth_path, columns=["key", "gt_match", "gt_caption"])
+    names = pq.read_schema(pq.ParquetDataset(truth_path).files[0]).names if Path(truth_path).is_dir() else pq.read_schema(truth_path).names
+    has_noise = "noise" in names
+    truth = pq.read_table(truth_path, columns=["key", "gt_match", "gt_caption"] + (["noise"] if has_noise else []))
     con = duckdb.connect()
     con.register("scored", scored)
     con.register("truth", truth)
@@ -79,6 +83,13 @@ def quality(round_dir: Path, truth_path: str) -> dict:
                count(*) filter (where cleaned and not raw), count(*) filter (where raw and not cleaned)
         from per_image""").fetchone()
     images, raw_cov, clean_cov, gain, loss = cov
+    # The benchmark's noise column: which kinds of non-matching web text the filter lets through.
+    by_noise = {}
+    if has_noise:
+        for kind, n, k in con.execute("""
+                select coalesce(noise, 'matching'), count(*), count(*) filter (where kept)
+                from scored s join truth t using (key) where origin = 'web' group by 1 order by 1""").fetchall():
+            by_noise[kind] = wilson(k, n)
     tp, kept, positives, total = web
     stp, skept, spos, stotal = syn
     return {
@@ -98,6 +109,7 @@ def quality(round_dir: Path, truth_path: str) -> dict:
         "raw_coverage": wilson(raw_cov, images),
         "cleaned_coverage": wilson(clean_cov, images),
         "coverage_gain": paired_difference(gain, loss, images),
+        "web_kept_by_noise": by_noise,
     }
 
 
@@ -131,6 +143,8 @@ def main() -> int:
     print(f"synthetic kept   precision {fmt(out['kept_synthetic_precision'])}, recall {fmt(out['kept_synthetic_recall'])}")
     print(f"coverage         raw {fmt(out['raw_coverage'])} -> cleaned {fmt(out['cleaned_coverage'])} "
           f"(gain {fmt(out['coverage_gain'])} points, {out['images']} images)")
+    for kind, x in out["web_kept_by_noise"].items():
+        print(f"web kept         {kind:<17} {x['k']:>6} of {x['n']:<6} {fmt(x)}")
     return 0
 
 

@@ -71,3 +71,11 @@ def test_a_round_without_commit_records_is_refused(tmp_path):
     (tmp_path / "r").mkdir()
     r = subprocess.run([sys.executable, str(script), "--round", str(tmp_path / "r"), "--truth", "x.parquet"], capture_output=True, text=True)
     assert r.returncode == 2 and "no commit records" in r.stderr
+
+
+def test_kept_web_texts_are_broken_down_by_the_benchmarks_noise_kind(tmp_path):
+    rnd, truth = write_round(tmp_path)
+    t = pq.read_table(truth)
+    pq.write_table(t.append_column("noise", pa.array([None, None, "wrong_shape", "empty"])), truth)
+    by = quality(rnd, str(truth))["web_kept_by_noise"]
+    assert {k: (v["k"], v["n"]) for k, v in by.items()} == {"matching": (1, 2), "wrong_shape": (1, 1), "empty": (0, 1)}
