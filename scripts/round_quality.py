@@ -56,15 +56,15 @@ def quality(round_dir: Path, truth_path: str) -> dict:
     if not commits:
         raise FileNotFoundError(f"no commit records under {round_dir}/_commits")
     scored = pa.concat_tables([pq.read_table(round_dir / c["files"]["scored"]["path"]) for c in commits])
-    names = pq.read_schema(pq.ParquetDataset(truth_path).files[0]).names if Path(truth_path).is_dir() else pq.read_schema(truth_path).names
-    has_noise = "noise" in names
+    has_noise = "noise" in pq.ParquetDataset(truth_path).schema.names
     truth = pq.read_table(truth_path, columns=["key", "gt_match", "gt_caption"] + (["noise"] if has_noise else []))
     con = duckdb.connect()
     con.register("scored", scored)
     con.register("truth", truth)
-    con.execute("""
+    con.execute(f"""
         create temp table judged as
-        select s.key, origin, kept, case when origin = 'web' then t.gt_match else s.text = t.gt_caption end as correct
+        select s.key, origin, kept, case when origin = 'web' then t.gt_match else s.text = t.gt_caption end as correct,
+               {"t.noise" if has_noise else "null"} as noise
         from scored s join truth t using (key)""")
     web = con.execute("""
         select count(*) filter (where kept and correct), count(*) filter (where kept),
@@ -88,7 +88,7 @@ def quality(round_dir: Path, truth_path: str) -> dict:
     if has_noise:
         for kind, n, k in con.execute("""
                 select coalesce(noise, 'matching'), count(*), count(*) filter (where kept)
-                from scored s join truth t using (key) where origin = 'web' group by 1 order by 1""").fetchall():
+                from judged where origin = 'web' group by 1 order by 1""").fetchall():
             by_noise[kind] = wilson(k, n)
     tp, kept, positives, total = web
     stp, skept, spos, stotal = syn

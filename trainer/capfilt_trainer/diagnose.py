@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,8 +77,6 @@ def logistic_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Ten
 
 def probe(args) -> dict:
     from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
-
-    from pathlib import Path
 
     ckpt = Path(args.checkpoint)
     if (ckpt / "bundle.json").exists():
@@ -196,7 +195,6 @@ def classify(args) -> dict:
 
 
 def diagnose(args) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result = probe(args) if args.what == "probe" else classify(args)
     progress(f"[diagnose] {args.what} done")
     if args.json:
