@@ -3,7 +3,8 @@
 # shapes"): a linear probe on the seed bundles' vision towers, then the same BLIP vision tower
 # trained from scratch to do nothing but classify the first shape, on the images as they are, on
 # their luminance, on their shape masks, and with 10x the images and steps; a small CNN as the
-# control. Prints one line per experiment. About 12 minutes on 2 idle cores.
+# control; then the fix, the mask curriculum. Prints one line per experiment. About 22 minutes on 2
+# idle cores.
 #
 #   scripts/diagnose-shapes.sh [WORK_DIR]    (default: target/diagnose-shapes)
 set -euo pipefail
@@ -40,3 +41,8 @@ line "  same, 8 px patches" "$(run "$seed" --steps 1200 --patch 8)"
 line "  same, 4,000 steps" "$(run "$seed" --steps 4000 --eval-every 1000)"
 line "BLIP ViT, 40,000 images, 8,000 steps" "$(run "$work/big/seed" --steps 8000 --eval-every 2000)"
 line "4-layer CNN, 4,000 images, 1,200 steps (control)" "$(run "$seed" --steps 1200 --cnn)"
+echo
+echo "== the fix: the mask curriculum (shape masks first, blended to the real images from 30% to 80% of the steps) =="
+line "BLIP ViT, 40,000 images, 2,000 steps, real images only" "$(run "$work/big/seed" --steps 2000 --eval-every 1000)"
+line "BLIP ViT, 40,000 images, 2,000 steps, mask curriculum" "$(run "$work/big/seed" --steps 2000 --eval-every 1000 --mask-curriculum 0.3:0.8)"
+line "BLIP ViT, 40,000 images, 4,000 steps, mask curriculum" "$(run "$work/big/seed" --steps 4000 --eval-every 1000 --mask-curriculum 0.3:0.8)"

@@ -5,6 +5,17 @@ import argparse
 import sys
 
 
+def span(text: str) -> tuple[float, float]:
+    """``START:END`` with 0 <= START <= END <= 1."""
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': expected START:END, two fractions such as 0.3:0.8") from None
+    if not 0.0 <= start <= end <= 1.0:
+        raise argparse.ArgumentTypeError(f"'{text}': need 0 <= START <= END <= 1")
+    return start, end
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m capfilt_trainer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -16,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint folder to write")
     t.add_argument("--size", default="tiny", help="size preset: tiny, small or base (ignored with --init-from)")
     t.add_argument("--init-from", help="start from this local HF checkpoint folder")
+    t.add_argument("--init-shared", help="start from this trained captioner checkpoint (or bundle) folder: its vision tower, "
+                   "for a filter its text transformer too, and its tokenizer (BLIP's shared pre-trained start)")
     t.add_argument("--tokenizer", help="tokenizer.json to use (default: built from the training captions)")
     t.add_argument("--vocab-size", type=int, default=1000, help="vocabulary size of a tokenizer built from the captions")
     t.add_argument("--steps", type=int, default=1000)
@@ -25,6 +38,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--text-augment", type=float, default=None,
                    help="share of training texts rewritten into web alt-text forms (default: 0.5 for filter, 0 for captioner)")
+
+    t.add_argument("--swap-negatives", type=float, default=0.0,
+                   help="filter: share of each batch's texts that also appear with one attribute word swapped, as extra ITM negatives")
+    t.add_argument("--freeze-vision", action="store_true", help="train everything but the vision tower (e.g. one taken with --init-shared)")
+    t.add_argument("--mask-curriculum", type=span, metavar="START:END",
+                   help="train first on the images' shape masks, blending to the real images from START to END "
+                        "(fractions of --steps, e.g. 0.3:0.8); see the trainer README")
 
     e = sub.add_parser("export", help="export a checkpoint folder as an ONNX bundle and verify it")
     e.add_argument("--checkpoint", required=True, help="HF checkpoint folder made by train (or a user's own)")
@@ -57,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--lr", type=float, default=1e-3)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--mask-curriculum", type=span, metavar="START:END", help="classify: shape masks first, real images from END on")
     d.add_argument("--eval-every", type=int, default=400)
     d.add_argument("--image-size", type=int, default=96)
     d.add_argument("--patch", type=int, default=16)

@@ -1,4 +1,5 @@
-"""Alt-text augmentation for filter training.
+"""Text augmentation for filter training: alt-text rewrites (positives) and attribute-swapped
+captions (hard negatives).
 
 A filter trained only on clean, human-style captions ("a red circle on a blue background")
 judges by style: web alt-text that says the same thing in another form ("red circle, blue
@@ -12,6 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 ARTICLES = {"a", "an", "the"}
+# The attribute words of the synthetic benchmark, by kind: a swapped-attribute negative replaces
+# one of them by another word of the same kind.
+SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "hexagon"]
+COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "cyan"]
+ATTRIBUTE_KINDS = (SHAPES, COLOURS)
 PREFIXES = ["image of ", "photo of ", "picture of ", "illustration of "]
 SUFFIXES = [" - stock illustration", " - stock photo", " | free download", " hd"]
 
@@ -40,3 +46,20 @@ def augment(texts: list[str], share: float, rng: np.random.Generator) -> list[st
 def vocabulary_extra() -> list[str]:
     """Texts whose words a tokenizer for augmented training should know."""
     return PREFIXES + SUFFIXES
+
+
+def swapped_attribute(text: str, rng: np.random.Generator) -> str | None:
+    """``text`` with one attribute word (a shape or a colour) replaced by another of its kind,
+    the article before it fixed ("a red" -> "an orange"): a caption that no longer matches its
+    image but differs from the truth in one word, as BLIP's hardest web noise does (and as
+    NegCLIP's swapped-attribute negatives). None when ``text`` has no attribute word."""
+    words = text.split(" ")
+    slots = [(i, kind) for i, w in enumerate(words) for kind in ATTRIBUTE_KINDS if w in kind]
+    if not slots:
+        return None
+    i, kind = slots[rng.integers(len(slots))]
+    others = [w for w in kind if w != words[i]]
+    words[i] = others[rng.integers(len(others))]
+    if i > 0 and words[i - 1] in ("a", "an"):
+        words[i - 1] = "an" if words[i][0] in "aeiou" else "a"
+    return " ".join(words)

@@ -29,6 +29,7 @@ class Example:
     key: str = ""
     gt_caption: str | None = None
     gt_match: bool | None = None
+    noise: str | None = None  # the benchmark's noise kind of a non-matching text, when known
 
 
 @dataclass
@@ -84,10 +85,11 @@ def read_examples(url: str, columns: Columns = Columns(), limit: int | None = No
         keys = table[columns.key].to_pylist() if columns.key in table.column_names else [f"{f}:{i}" for i in range(len(caps))]
         gtc = table["gt_caption"].to_pylist() if "gt_caption" in table.column_names else [None] * len(caps)
         gtm = table["gt_match"].to_pylist() if "gt_match" in table.column_names else [None] * len(caps)
-        for k, c, im, g, m in zip(keys, caps, imgs, gtc, gtm):
+        noise = table["noise"].to_pylist() if "noise" in table.column_names else [None] * len(caps)
+        for k, c, im, g, m, n in zip(keys, caps, imgs, gtc, gtm, noise):
             if im is None:
                 continue
-            out.append(Example(image=im, text=c or "", key=k, gt_caption=g, gt_match=m))
+            out.append(Example(image=im, text=c or "", key=k, gt_caption=g, gt_match=m, noise=n))
             if limit is not None and len(out) >= limit:
                 return out
     return out

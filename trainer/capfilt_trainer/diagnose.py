@@ -12,7 +12,9 @@ models do not see shapes".
     learn: the upper bound of what the captioner's tower can learn from the same images in the
     same number of steps. ``--binarise`` replaces every image by its shape mask (white shapes on
     black), ``--gray`` by its luminance: the controls that tell what makes the task hard.
-    ``--cnn`` trains a 4-layer CNN instead (the inductive-bias control).
+    ``--cnn`` trains a 4-layer CNN instead (the inductive-bias control). ``--mask-curriculum``
+    trains on shape masks first and blends to the real images (evaluated on real images), as
+    ``train --mask-curriculum`` does for the seed captioner.
 
 Both print one line per evaluation; ``--json`` prints the final figures as one JSON line.
 
@@ -30,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .augment import COLOURS, SHAPES
 from .data import progress, read_examples
 from .evaluate import parse
-from .preprocess import normalise, resized_uint8
+from .preprocess import mask_blend, normalise, resized_uint8, shape_masks
+from .train import curriculum_alpha
 
-SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "hexagon"]
-COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "cyan"]
 
 
 def labelled(url: str, limit: int | None, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,13 +110,6 @@ def probe(args) -> dict:
     return out
 
 
-def binarised(images: np.ndarray) -> np.ndarray:
-    """White where a pixel differs from the image's top-left (background) pixel, black elsewhere."""
-    c = images.astype(np.int16)
-    mask = np.abs(c - c[:, :, :1, :1]).sum(1, keepdims=True) > 40
-    return np.repeat(mask.astype(np.uint8) * 255, 3, 1)
-
-
 def grayscale(images: np.ndarray) -> np.ndarray:
     return np.repeat(images.mean(1, keepdims=True).astype(np.uint8), 3, 1)
 
@@ -153,9 +148,9 @@ def classify(args) -> dict:
     rng = np.random.default_rng(args.seed)
     tr_img, _, tr_kind = labelled(args.train, args.limit, args.image_size)
     te_img, _, te_kind = labelled(args.eval, args.eval_limit, args.image_size)
-    variant = "raw"
+    variant = "raw" if args.mask_curriculum is None else "mask curriculum %g:%g" % tuple(args.mask_curriculum)
     if args.binarise:
-        tr_img, te_img, variant = binarised(tr_img), binarised(te_img), "binarised"
+        tr_img, te_img, variant = shape_masks(tr_img), shape_masks(te_img), "binarised"
     elif args.gray:
         tr_img, te_img, variant = grayscale(tr_img), grayscale(te_img), "gray"
     model: nn.Module = Cnn(len(SHAPES)) if args.cnn else VitClassifier(args.image_size, args.patch, args.width, args.layers, len(SHAPES))
@@ -178,7 +173,8 @@ def classify(args) -> dict:
     losses: list[float] = []
     for step in range(1, args.steps + 1):
         idx = rng.integers(0, len(tr_img), args.batch_size)
-        loss = F.cross_entropy(model(normalise(tr_img[idx])), labels[idx])
+        batch = mask_blend(tr_img[idx], curriculum_alpha(step, args.steps, args.mask_curriculum))
+        loss = F.cross_entropy(model(normalise(batch)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

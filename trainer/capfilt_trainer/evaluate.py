@@ -73,6 +73,21 @@ def filter_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
     return {"auc": roc_auc(probs, labels), "precision_at_0.5": precision, "recall_at_0.5": recall, "accuracy_at_0.5": float((kept == labels).mean())}
 
 
+def noise_breakdown(probs: np.ndarray, labels: np.ndarray, noise: list[str | None], threshold: float = 0.5) -> dict[str, float]:
+    """Per noise kind of the non-matching texts: ROC-AUC of the matching texts against that kind
+    alone (``auc_vs_{kind}``) and the share of that kind kept at ``threshold``
+    (``kept_{kind}``). Which kinds of wrong text a filter cannot see."""
+    out: dict[str, float] = {}
+    kinds = np.array([n or "" for n in noise])
+    for kind in sorted(set(kinds[~labels]) - {""}):
+        of_kind = (kinds == kind) & ~labels
+        sel = labels | of_kind
+        if labels.any():
+            out[f"auc_vs_{kind}"] = roc_auc(probs[sel], labels[sel])
+        out[f"kept_{kind}"] = float((probs[of_kind] >= threshold).mean())
+    return out
+
+
 def generate_captions(model, tok, images: list[bytes], size: int, max_length: int = 30, min_length: int = 10) -> list[str]:
     special = toks.special_ids(tok)
     pid = prompt_ids(tok, special["[DEC]"])
@@ -120,6 +135,7 @@ def evaluate_bundle(bundle: Path, data: str, limit: int | None) -> dict[str, flo
             raise ValueError(f"{data}: filter evaluation needs a gt_match column")
         probs = itm_probs(model, tok, [e.image for e in examples], [e.text for e in examples], size, manifest["tokenizer"]["max_length"])
         metrics = filter_metrics(probs, labels)
+        metrics.update(noise_breakdown(probs, labels, [e.noise for e in examples]))
     metrics["eval_rows"] = float(len(examples))
     print_table(f"{kind} {manifest['name']} on {data}", metrics)
     return metrics

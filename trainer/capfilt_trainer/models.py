@@ -109,9 +109,12 @@ def captioner_loss(model: BlipForConditionalGeneration, pixel_values, input_ids,
     return out.loss
 
 
-def filter_losses(model: BlipForImageTextRetrieval, pixel_values, input_ids, attention_mask, text_ids, enc_id: int, temp: float = 0.07):
+def filter_losses(model: BlipForImageTextRetrieval, pixel_values, input_ids, attention_mask, text_ids, enc_id: int, temp: float = 0.07,
+                  swapped=None):
     """BLIP's ITC (in-batch contrastive, texts that are equal count as positives) and ITM with
-    hard negatives sampled from the in-batch similarity; returns (itc, itm)."""
+    hard negatives sampled from the in-batch similarity; returns (itc, itm). ``swapped``:
+    optional (rows, ids, mask) of swapped-attribute captions of images ``rows``, extra ITM
+    negatives of those images."""
     image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
     image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
     text_out = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -131,14 +134,28 @@ def filter_losses(model: BlipForImageTextRetrieval, pixel_values, input_ids, att
         w_t2i = F.softmax(sim_t2i.float(), dim=1).masked_fill(pos.bool(), 0) + 1e-9
         neg_text = torch.multinomial(w_i2t, 1).squeeze(1)  # a hard negative text per image
         neg_image = torch.multinomial(w_t2i, 1).squeeze(1)  # a hard negative image per text
-    all_images = torch.cat([image_embeds, image_embeds, image_embeds[neg_image]], 0)
-    all_ids = torch.cat([enc_ids, enc_ids[neg_text], enc_ids], 0)
-    all_mask = torch.cat([attention_mask, attention_mask[neg_text], attention_mask], 0)
-    all_atts = torch.cat([image_atts, image_atts, image_atts], 0)
+    all_images = [image_embeds, image_embeds, image_embeds[neg_image]]
+    all_ids = [enc_ids, enc_ids[neg_text], enc_ids]
+    all_mask = [attention_mask, attention_mask[neg_text], attention_mask]
+    negatives = 2 * b
+    if swapped is not None:
+        rows, s_ids, s_mask = swapped
+        s_ids = s_ids.clone()
+        s_ids[:, 0] = enc_id
+        # Pad both id sets to one width before stacking them.
+        width = max(enc_ids.shape[1], s_ids.shape[1])
+        all_ids = [F.pad(t, (0, width - t.shape[1])) for t in all_ids] + [F.pad(s_ids, (0, width - s_ids.shape[1]))]
+        all_mask = [F.pad(t, (0, width - t.shape[1])) for t in all_mask] + [F.pad(s_mask, (0, width - s_mask.shape[1]))]
+        all_images.append(image_embeds[rows])
+        negatives += len(rows)
+    all_images = torch.cat(all_images, 0)
+    all_ids = torch.cat(all_ids, 0)
+    all_mask = torch.cat(all_mask, 0)
+    all_atts = torch.ones(all_images.shape[:-1], dtype=torch.long, device=image_embeds.device)
     hidden = model.text_encoder(
         input_ids=all_ids, attention_mask=all_mask, encoder_hidden_states=all_images, encoder_attention_mask=all_atts
     ).last_hidden_state
     logits = model.itm_head(hidden[:, 0, :])
-    labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
+    labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(negatives, dtype=torch.long)]).to(logits.device)
     itm = F.cross_entropy(logits, labels)
     return itc, itm

@@ -23,6 +23,22 @@ def resized_uint8(data: bytes, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+def shape_masks(batch_uint8: np.ndarray, threshold: int = 40) -> np.ndarray:
+    """[N, 3, H, W] uint8 -> the same images as white-on-black masks: white where a pixel differs
+    from the image's top-left (background) pixel by more than ``threshold`` (summed over RGB)."""
+    c = batch_uint8.astype(np.int16)
+    mask = np.abs(c - c[:, :, :1, :1]).sum(1, keepdims=True) > threshold
+    return np.repeat(mask.astype(np.uint8) * 255, 3, 1)
+
+
+def mask_blend(batch_uint8: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha`` * images + (1 - ``alpha``) * their shape masks (the mask curriculum)."""
+    if alpha >= 1.0:
+        return batch_uint8
+    masks = shape_masks(batch_uint8).astype(np.float32)
+    return (alpha * batch_uint8.astype(np.float32) + (1.0 - alpha) * masks).round().astype(np.uint8)
+
+
 def normalise(batch_uint8: np.ndarray) -> torch.Tensor:
     """[N, 3, H, W] uint8 -> float32 pixel_values."""
     x = batch_uint8.astype(np.float32) * np.float32(1.0 / 255.0)

@@ -96,8 +96,19 @@ def upload_dir(src: Path, url: str, last: str) -> None:
             out.write(fh.read())
 
 
+def _filter_recipe(model: dict) -> list[str]:
+    """The seed filter's recipe, kept when a round retrains it (scripts/make-seed-bundles.sh):
+    its vision tower frozen (unless it starts from scratch) and swapped-attribute negatives; a
+    spec may override either."""
+    if model["kind"] != "filter":
+        return []
+    args = ["--swap-negatives", str(model.get("swap_negatives", 0.5))]
+    freeze = model.get("freeze_vision", model["init"] != "scratch")
+    return args + (["--freeze-vision"] if freeze else [])
+
+
 def _train_settings(spec: dict, model: dict) -> dict:
-    return {k: model.get(k) for k in ("kind", "steps", "lr", "init", "size", "batch_size")} | {
+    return {k: model.get(k) for k in ("kind", "steps", "lr", "init", "size", "batch_size")} | {"recipe": _filter_recipe(model)} | {
         "seed": spec.get("seed", 0), "seed_data": spec["seed_data"], "round": spec["round_url"], "current": model["current"],
     }
 
@@ -128,7 +139,7 @@ def train_task(spec: dict, work: Path) -> None:
             args = _parser().parse_args(
                 ["train", "--kind", kind, "--data", spec["seed_data"], "--round", round_url, "--out", str(ckpt), *init,
                  "--steps", str(model["steps"]), "--batch-size", str(model.get("batch_size", 64)), "--lr", str(model["lr"]),
-                 "--seed", str(spec.get("seed", 0))]
+                 "--seed", str(spec.get("seed", 0)), *_filter_recipe(model)]
             )
             train(args)
             (ckpt / "stage.json").write_text(json.dumps(settings, indent=2) + "\n")

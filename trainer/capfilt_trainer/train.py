@@ -17,10 +17,10 @@ import torch
 
 from . import PROMPT
 from . import tokenizer as toks
-from .augment import augment, vocabulary_extra
+from .augment import augment, swapped_attribute, vocabulary_extra
 from .data import Example, progress, read_examples, read_round_cleaned
 from .models import build, captioner_loss, filter_losses, image_size
-from .preprocess import encode_texts, normalise, resized_uint8
+from .preprocess import encode_texts, mask_blend, normalise, resized_uint8
 
 CAPTION_MAX_TOKENS = 40
 FILTER_MAX_TOKENS = 35
@@ -45,6 +45,57 @@ def load_training_data(data: list[str], rounds: list[str]) -> list[Example]:
     return examples
 
 
+def shared_tokenizer(checkpoint: str) -> Path | None:
+    path = Path(checkpoint)
+    for candidate in (path / "tokenizer.json", path / "checkpoint" / "tokenizer.json"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def init_shared(model, checkpoint: str) -> None:
+    """Starts ``model`` from a trained captioner, as BLIP's captioner and filter both start from
+    one pre-trained model: the vision tower (``vision_model.*``) is copied, and for a filter the
+    text transformer too (the captioner's ``text_decoder.bert.*`` has the filter text encoder's
+    layout; only the attention mask differs). Shapes must match: same size preset and tokenizer."""
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint)
+    if (path / "bundle.json").exists():
+        path = path / "checkpoint"
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"--init-shared {checkpoint}: no model.safetensors (expected a HF checkpoint folder)")
+    source = load_file(str(weights))
+    parts = [("vision_model.", "vision_model.", model.vision_model)]
+    if hasattr(model, "text_encoder"):
+        parts.append(("text_decoder.bert.", "text_encoder.", model.text_encoder))
+    for prefix, target, module in parts:
+        weights_of = {k.removeprefix(prefix): v for k, v in source.items() if k.startswith(prefix)}
+        own = module.state_dict()
+        if not weights_of:
+            raise ValueError(f"--init-shared {checkpoint}: no {prefix}* weights (expected a captioner checkpoint)")
+        mismatched = [k for k, v in weights_of.items() if k not in own or own[k].shape != v.shape]
+        if mismatched or len(weights_of) != len(own):
+            raise ValueError(f"--init-shared {checkpoint}: its {prefix}* tensors do not fit this model's {target}* "
+                             f"({len(mismatched)} differ); use the same --size and its tokenizer")
+        module.load_state_dict(weights_of)
+        progress(f"[train] {target}* initialised from {path} ({prefix}*)")
+
+
+def curriculum_alpha(step: int, steps: int, span: tuple[float, float] | None) -> float:
+    """How much of the real image a training step sees under the mask curriculum ``span``
+    (start, end as fractions of the steps): 0 (shape masks only) until start, rising linearly to 1
+    (real images only) at end. No curriculum: always 1."""
+    if span is None:
+        return 1.0
+    start, end = span
+    t = step / max(steps, 1)
+    if t >= end:
+        return 1.0
+    return max(0.0, (t - start) / max(end - start, 1e-9))
+
+
 def train(args) -> Path:
     torch.manual_seed(args.seed)
     # Same seed and data, same weights: without this, multi-threaded CPU kernels make two runs
@@ -61,11 +112,15 @@ def train(args) -> Path:
         tok = toks.load(Path(args.init_from) / "tokenizer.json")
     elif args.tokenizer:
         tok = toks.load(args.tokenizer)
+    elif args.init_shared and (shared_tok := shared_tokenizer(args.init_shared)) is not None:
+        tok = toks.load(shared_tok)
     else:
-        extra = vocabulary_extra() if args.kind == "filter" else []
-        tok = toks.build([e.text for e in examples] + extra, vocab_size=args.vocab_size)
+        # The alt-text words too, so that a filter can share a captioner's tokenizer.
+        tok = toks.build([e.text for e in examples] + vocabulary_extra(), vocab_size=args.vocab_size)
     special = toks.special_ids(tok)
     model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed)
+    if args.init_shared:
+        init_shared(model, args.init_shared)
     dev = device()
     model.to(dev).train()
     size = image_size(model)
@@ -80,7 +135,11 @@ def train(args) -> Path:
 
     # Alt-text augmentation of filter texts (see augment.py); the captioner learns clean captions.
     text_augment = args.text_augment if args.text_augment is not None else (0.5 if args.kind == "filter" else 0.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    if args.freeze_vision:
+        # Keep a shared tower's shape features: ITM's gradient alone wears them away.
+        for param in model.vision_model.parameters():
+            param.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05)
     # --steps 0 saves the freshly initialised model (random weights, e.g. the base shape for
     # performance work).
     if args.steps >= 20:
@@ -97,7 +156,7 @@ def train(args) -> Path:
             order, pos = rng.permutation(len(examples)), 0
         idx = order[pos : pos + args.batch_size]
         pos += args.batch_size
-        pixels = normalise(images[idx]).to(dev)
+        pixels = normalise(mask_blend(images[idx], curriculum_alpha(step, args.steps, args.mask_curriculum))).to(dev)
         batch_texts = [texts[i] for i in idx]
         if args.kind == "captioner":
             ids, mask = encode_texts(tok, batch_texts, special["[DEC]"], CAPTION_MAX_TOKENS, prompt=PROMPT)
@@ -105,7 +164,15 @@ def train(args) -> Path:
         else:
             batch_texts = augment(batch_texts, text_augment, rng)
             ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
-            itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"])
+            swapped = None
+            if args.swap_negatives > 0:
+                picked = [(r, swapped_attribute(t, rng)) for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
+                picked = [(r, t) for r, t in picked if t is not None]
+                if picked:
+                    s_ids, s_mask = encode_texts(tok, [t for _, t in picked], special["[CLS]"], FILTER_MAX_TOKENS)
+                    swapped = (torch.tensor([r for r, _ in picked]).to(dev), s_ids.to(dev), s_mask.to(dev))
+            itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"],
+                                     swapped=swapped)
             loss = itc + itm
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,6 +192,7 @@ def train(args) -> Path:
         "kind": args.kind,
         "size": args.size,
         "init_from": args.init_from,
+        "init_shared": args.init_shared,
         "data": args.data or [],
         "rounds": args.round or [],
         "pairs": len(examples),
@@ -133,6 +201,9 @@ def train(args) -> Path:
         "lr": args.lr,
         "seed": args.seed,
         "text_augment": text_augment,
+        "swap_negatives": args.swap_negatives,
+        "freeze_vision": args.freeze_vision,
+        "mask_curriculum": list(args.mask_curriculum) if args.mask_curriculum else None,
         "final_loss": float(np.mean(losses[-args.log_every :])) if losses else None,
         "seconds": round(time.time() - t0, 1),
         "command": "python -m capfilt_trainer " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
