@@ -21,6 +21,13 @@ bin=target/release/capfilt
 py=.venv/bin/python
 cargo build --release --locked -q -p capfilt
 bench=$work/bench
+# A re-run resumes the variants' runs; runs made from other seed bundles are started afresh.
+mkdir -p "$work"
+stamp=$(cat models/shapes-seed/captioner/bundle.json models/shapes-seed/filter/bundle.json | sha256sum | cut -c1-16)
+if [ "$(cat "$work/seed-bundles.stamp" 2>/dev/null)" != "$stamp" ]; then
+  rm -rf "$work"/A-* "$work"/B-* "$work"/C-*
+  echo "$stamp" > "$work/seed-bundles.stamp"
+fi
 "$bin" synth --out "$bench" --seed-rows 4000 --web-rows 10000 --eval-rows 2000 --noise 0.4 --seed 0 >/dev/null
 
 variant() { # name rounds extra-args...

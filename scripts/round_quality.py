@@ -5,11 +5,18 @@ Follows the round's commit records (never raw listings) to its scored files and 
 the input's gt_match / gt_caption columns. Every proportion comes with its 95% Wilson interval.
 
 - kept web texts: precision (kept and matching / kept) and recall (kept and matching / matching);
-- kept synthetic texts: the same, where a synthetic caption is correct when it equals the image's
-  ground-truth caption (the benchmark's captions are canonical, so "says the same" is "equal");
+- kept synthetic texts: the same, where a synthetic caption is correct when it says what the
+  image's ground-truth caption says: the same (colour, shape) pairs in the same order and the
+  same background, in any of the benchmark's alt-text forms ("red circle, blue background",
+  "image of a red circle on a blue background", ...) and nothing else (a captioner retrained on
+  kept web texts writes in their styles too);
 - coverage: the share of web images left with at least one correct text. Raw: the image's own web
   text matches it. Cleaned: at least one kept text (web or synthetic) is correct. The difference
   is paired (the same images), with a 95% interval for paired proportions;
+- the paper's ablation on this round's texts: the set a downstream trainer would get from no
+  cleaning (the raw web texts), the filter only (kept web texts), the captioner only (every web
+  text and every synthetic caption) and both (CapFilt: kept web and kept synthetic texts), each
+  with its size, precision and coverage, and coverage gain over the raw set (paired);
 - with the benchmark's `noise` column: the share of web texts kept per kind of noise (and of the
   matching ones), i.e. which wrong texts the filter lets through. This is the number a
   downstream trainer cares about: how many images still teach it something true.
@@ -19,6 +26,7 @@ the input's gt_match / gt_caption columns. Every proportion comes with its 95% W
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +35,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 Z = 1.959964  # 95%
+SHAPES = "circle|square|triangle|diamond|star|cross|hexagon"
+COLOURS = "red|green|blue|yellow|orange|purple|pink|brown|black|white|gray|cyan"
+PAIR = re.compile(rf"\b({COLOURS}) ({SHAPES})\b")
+BACKGROUND = re.compile(rf"\b({COLOURS}) background\b")
+ATTRIBUTE = re.compile(rf"\b({COLOURS}|{SHAPES})\b")
+
+
+def content(text: str) -> tuple | None:
+    """(ordered (colour, shape) pairs, background colour) that a caption states, or None when it
+    states no pair, no single background, or attribute words outside them."""
+    if not text:
+        return None
+    pairs = PAIR.findall(text)
+    backgrounds = BACKGROUND.findall(text)
+    if not pairs or len(backgrounds) != 1:
+        return None
+    if len(ATTRIBUTE.findall(text)) != 2 * len(pairs) + 1:
+        return None  # a stray colour or shape word: it says something more
+    return tuple(pairs), backgrounds[0]
+
+
+def same_content(text: str | None, truth: str | None) -> bool:
+    """Whether ``text`` says exactly what the canonical caption ``truth`` says."""
+    if text is None or truth is None:
+        return False
+    said = content(text)
+    return said is not None and said == content(truth)
 
 
 def wilson(k: int, n: int) -> dict | None:
@@ -59,11 +94,12 @@ def quality(round_dir: Path, truth_path: str) -> dict:
     has_noise = "noise" in pq.ParquetDataset(truth_path).schema.names
     truth = pq.read_table(truth_path, columns=["key", "gt_match", "gt_caption"] + (["noise"] if has_noise else []))
     con = duckdb.connect()
+    con.create_function("same_content", same_content, ["VARCHAR", "VARCHAR"], "BOOLEAN", null_handling="special")
     con.register("scored", scored)
     con.register("truth", truth)
     con.execute(f"""
         create temp table judged as
-        select s.key, origin, kept, case when origin = 'web' then t.gt_match else s.text = t.gt_caption end as correct,
+        select s.key, origin, kept, case when origin = 'web' then t.gt_match else same_content(s.text, t.gt_caption) end as correct,
                {"t.noise" if has_noise else "null"} as noise
         from scored s join truth t using (key)""")
     web = con.execute("""
@@ -83,6 +119,20 @@ def quality(round_dir: Path, truth_path: str) -> dict:
                count(*) filter (where cleaned and not raw), count(*) filter (where raw and not cleaned)
         from per_image""").fetchone()
     images, raw_cov, clean_cov, gain, loss = cov
+    ablations = {}
+    for name, text_filter in [("none", "origin = 'web'"), ("filter only", "origin = 'web' and kept"),
+                              ("captioner only", "true"), ("captioner + filter", "kept")]:
+        n_texts, n_correct, n_images, covered, a_gain, a_loss = con.execute(f"""
+            with per_image as (
+              select key, bool_or(origin = 'web' and correct) as raw, bool_or(({text_filter}) and correct) as covered
+              from judged group by key having bool_or(origin = 'web'))
+            select (select count(*) from judged where {text_filter}),
+                   (select count(*) filter (where correct) from judged where {text_filter}),
+                   count(*), count(*) filter (where covered),
+                   count(*) filter (where covered and not raw), count(*) filter (where raw and not covered)
+            from per_image""").fetchone()
+        ablations[name] = {"texts": n_texts, "precision": wilson(n_correct, n_texts), "coverage": wilson(covered, n_images),
+                           "coverage_gain": paired_difference(a_gain, a_loss, n_images)}
     # The benchmark's noise column: which kinds of non-matching web text the filter lets through.
     by_noise = {}
     if has_noise:
@@ -110,6 +160,7 @@ def quality(round_dir: Path, truth_path: str) -> dict:
         "cleaned_coverage": wilson(clean_cov, images),
         "coverage_gain": paired_difference(gain, loss, images),
         "web_kept_by_noise": by_noise,
+        "ablations": ablations,
     }
 
 
@@ -118,6 +169,13 @@ def fmt(x: dict | None) -> str:
     if x is None:
         return "-"
     return f"{100 * x['value']:.1f}% [{100 * x['lo']:.1f}, {100 * x['hi']:.1f}]"
+
+
+def print_ablations(ablations: dict, indent: str = "") -> None:
+    """The four cleaned sets of one round's texts, one line each."""
+    print(f"{indent}{'cleaned set':<19} {'texts':>7} {'precision':>22} {'coverage':>22} {'coverage gain (points)':>24}")
+    for name, a in ablations.items():
+        print(f"{indent}{name:<19} {a['texts']:>7} {fmt(a['precision']):>22} {fmt(a['coverage']):>22} {fmt(a['coverage_gain']):>24}")
 
 
 def main() -> int:
@@ -143,6 +201,7 @@ def main() -> int:
     print(f"synthetic kept   precision {fmt(out['kept_synthetic_precision'])}, recall {fmt(out['kept_synthetic_recall'])}")
     print(f"coverage         raw {fmt(out['raw_coverage'])} -> cleaned {fmt(out['cleaned_coverage'])} "
           f"(gain {fmt(out['coverage_gain'])} points, {out['images']} images)")
+    print_ablations(out["ablations"])
     for kind, x in out["web_kept_by_noise"].items():
         print(f"web kept         {kind:<17} {x['k']:>6} of {x['n']:<6} {fmt(x)}")
     return 0

@@ -3,7 +3,8 @@
 and synthetic texts kept, precision and recall of the kept web and synthetic texts and the
 coverage of the cleaned set against the ground truth (each with its 95% interval, see
 round_quality.py), and the held-out figures of the round's captioner (exact match, shape
-accuracy) and filter (ROC-AUC).
+accuracy) and filter (ROC-AUC); then per round the four cleaned sets of the paper's ablation
+(none, filter only, captioner only, both).
 
     python scripts/rounds_table.py --output OUT --truth BENCH/web [--json]
 """
@@ -16,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 
 sys.path.insert(0, str(HERE))
-from round_quality import fmt, quality  # noqa: E402
+from round_quality import fmt, print_ablations, quality  # noqa: E402
 
 
 def main() -> int:
@@ -44,6 +45,7 @@ def main() -> int:
             "raw_coverage": q["raw_coverage"],
             "cleaned_coverage": q["cleaned_coverage"],
             "coverage_gain": q["coverage_gain"],
+            "ablations": q["ablations"],
             "captioner_exact_match": r["captioner_eval"].get("exact_match"),
             "captioner_shape_acc": r["captioner_eval"].get("shape_acc"),
             "filter_auc": r["filter_eval"].get("auc"),
@@ -70,6 +72,9 @@ def main() -> int:
         print(f"raw web set (no filtering): precision {fmt(rows[0]['raw_web_precision'])}, coverage {fmt(rows[0]['raw_coverage'])}")
         for x in rows:
             print(f"round {x['round']}: coverage gain over raw {fmt(x['coverage_gain'])} points")
+        for x in rows:
+            print(f"round {x['round']}, the paper's ablation on this round's texts (which texts a trainer would get):")
+            print_ablations(x["ablations"], indent="  ")
     return 0
 
 

@@ -79,3 +79,34 @@ def test_kept_web_texts_are_broken_down_by_the_benchmarks_noise_kind(tmp_path):
     pq.write_table(t.append_column("noise", pa.array([None, None, "wrong_shape", "empty"])), truth)
     by = quality(rnd, str(truth))["web_kept_by_noise"]
     assert {k: (v["k"], v["n"]) for k, v in by.items()} == {"matching": (1, 2), "wrong_shape": (1, 1), "empty": (0, 1)}
+
+
+def test_ablations_are_the_four_cleaned_sets_of_the_papers_table(tmp_path):
+    rnd, truth = write_round(tmp_path)
+    ab = quality(rnd, str(truth))["ablations"]
+    got = {name: (a["texts"], a["precision"]["k"], a["coverage"]["k"], a["coverage_gain"]["gain"], a["coverage_gain"]["loss"])
+           for name, a in ab.items()}
+    # (texts, correct texts, covered images, images gained over raw, images lost), see write_round
+    assert got == {
+        "none": (4, 2, 2, 0, 0),
+        "filter only": (2, 1, 1, 0, 1),
+        "captioner only": (8, 5, 4, 2, 0),
+        "captioner + filter": (5, 3, 2, 1, 1),
+    }
+    assert all(a["coverage"]["n"] == 4 for a in ab.values())
+
+
+def test_a_synthetic_caption_is_correct_when_it_says_the_same_in_any_alt_text_form():
+    from round_quality import same_content
+
+    truth = "a red circle and a green star on a blue background"
+    for said in [truth, "red circle and green star on blue background", "red circle, green star, blue background",
+                 "image of a red circle and a green star on a blue background",
+                 "red circle and green star on a blue background - stock illustration"]:
+        assert same_content(said, truth), said
+    for wrong in ["a green star and a red circle on a blue background",  # order: left to right
+                  "a red circle on a blue background",  # one shape missing
+                  "a red circle and a green square on a blue background",
+                  "a red circle and a green star on a blue background red",  # a stray word
+                  "", None]:
+        assert not same_content(wrong, truth), wrong
