@@ -34,9 +34,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
+from capfilt_trainer.augment import COLOURS as BENCHMARK_COLOURS, SHAPES as BENCHMARK_SHAPES  # noqa: E402
+
 Z = 1.959964  # 95%
-SHAPES = "circle|square|triangle|diamond|star|cross|hexagon"
-COLOURS = "red|green|blue|yellow|orange|purple|pink|brown|black|white|gray|cyan"
+SHAPES = "|".join(BENCHMARK_SHAPES)
+COLOURS = "|".join(BENCHMARK_COLOURS)
 PAIR = re.compile(rf"\b({COLOURS}) ({SHAPES})\b")
 BACKGROUND = re.compile(rf"\b({COLOURS}) background\b")
 ATTRIBUTE = re.compile(rf"\b({COLOURS}|{SHAPES})\b")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from .augment import COLOURS, SHAPES
 from .data import progress, read_examples
 from .evaluate import parse
 from .preprocess import mask_blend, normalise, resized_uint8, shape_masks
-from .train import curriculum_alpha
+from .train import checkpoint_dir, curriculum_alpha, optimiser_step
 
 
 
@@ -80,9 +79,7 @@ def logistic_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Ten
 def probe(args) -> dict:
     from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
-    ckpt = Path(args.checkpoint)
-    if (ckpt / "bundle.json").exists():
-        ckpt = ckpt / "checkpoint"
+    ckpt = checkpoint_dir(args.checkpoint)
     config = json.loads((ckpt / "config.json").read_text())
     cls = BlipForImageTextRetrieval if "BlipForImageTextRetrieval" in config.get("architectures", []) else BlipForConditionalGeneration
     model = cls.from_pretrained(str(ckpt)).eval()
@@ -175,12 +172,7 @@ def classify(args) -> dict:
         idx = rng.integers(0, len(tr_img), args.batch_size)
         batch = mask_blend(tr_img[idx], curriculum_alpha(step, args.steps, args.mask_curriculum))
         loss = F.cross_entropy(model(normalise(batch)), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimiser_step(model, opt, sched, loss))
         if step % args.eval_every == 0 or step == args.steps:
             acc = accuracy()
             curve.append({"step": step, "train_loss": float(np.mean(losses[-args.eval_every :])), "eval_shape_acc": acc})

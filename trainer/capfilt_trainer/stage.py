@@ -108,8 +108,8 @@ def _filter_recipe(model: dict) -> list[str]:
 
 
 def _train_settings(spec: dict, model: dict) -> dict:
-    return {k: model.get(k) for k in ("kind", "steps", "lr", "init", "size", "batch_size")} | {"recipe": _filter_recipe(model)} | {
-        "seed": spec.get("seed", 0), "seed_data": spec["seed_data"], "round": spec["round_url"], "current": model["current"],
+    return {k: model.get(k) for k in ("kind", "steps", "lr", "init", "size", "batch_size")} | {
+        "recipe": _filter_recipe(model), "seed": spec.get("seed", 0), "seed_data": spec["seed_data"], "round": spec["round_url"], "current": model["current"],
     }
 
 

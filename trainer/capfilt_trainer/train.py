@@ -45,12 +45,25 @@ def load_training_data(data: list[str], rounds: list[str]) -> list[Example]:
     return examples
 
 
+def checkpoint_dir(path: str | Path) -> Path:
+    """A HF checkpoint folder, or a bundle folder's ``checkpoint/``."""
+    path = Path(path)
+    return path / "checkpoint" if (path / "bundle.json").exists() else path
+
+
 def shared_tokenizer(checkpoint: str) -> Path | None:
-    path = Path(checkpoint)
-    for candidate in (path / "tokenizer.json", path / "checkpoint" / "tokenizer.json"):
-        if candidate.exists():
-            return candidate
-    return None
+    candidate = checkpoint_dir(checkpoint) / "tokenizer.json"
+    return candidate if candidate.exists() else None
+
+
+def optimiser_step(model, opt, sched, loss) -> float:
+    """One update: backward, gradient norm clipped to 1, optimiser and schedule step; the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
 
 
 def init_shared(model, checkpoint: str) -> None:
@@ -60,9 +73,7 @@ def init_shared(model, checkpoint: str) -> None:
     layout; only the attention mask differs). Shapes must match: same size preset and tokenizer."""
     from safetensors.torch import load_file
 
-    path = Path(checkpoint)
-    if (path / "bundle.json").exists():
-        path = path / "checkpoint"
+    path = checkpoint_dir(checkpoint)
     weights = path / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"--init-shared {checkpoint}: no model.safetensors (expected a HF checkpoint folder)")
@@ -174,12 +185,7 @@ def train(args) -> Path:
             itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"],
                                      swapped=swapped)
             loss = itc + itm
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimiser_step(model, opt, sched, loss))
         if step % args.log_every == 0 or step == args.steps:
             recent = float(np.mean(losses[-args.log_every :]))
             rate = step / (time.time() - t0)
