@@ -5,6 +5,20 @@
 //! (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`,
 //! `AZURE_STORAGE_ACCOUNT_NAME`, ...) plus any `options` given (the config file's `[store]`
 //! table), which win over the environment.
+//!
+//! Every resolved store sits under capfilt's retry layer ([`retry`]). Options that start with
+//! `capfilt_` are capfilt's own and never reach `object_store`:
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `capfilt_store_retries` | retries of a transient error (default 4; 0 turns the layer off) |
+//! | `capfilt_fault_rate` | testing: inject faults into this share of requests ([`faults`]) |
+//! | `capfilt_fault_slow_rate` | testing: delay this share of requests |
+//! | `capfilt_fault_delay_ms` | testing: how long a delayed request waits (default 50) |
+//! | `capfilt_fault_seed` | testing: the fault sequence's seed (default 0) |
+
+pub mod faults;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -65,12 +79,18 @@ pub fn resolve(location: &str, options: &[(String, String)]) -> Result<Location,
         location: location.to_string(),
         message,
     };
+    let layers = Layers::parse(options).map_err(&bad)?;
+    let options: Vec<(String, String)> = options
+        .iter()
+        .filter(|(k, _)| !k.starts_with("capfilt_"))
+        .cloned()
+        .collect();
     if !is_url(location) || location.starts_with("file://") {
         let raw = location.strip_prefix("file://").unwrap_or(location);
         let path = std::path::absolute(raw).map_err(|e| bad(e.to_string()))?;
         let store_path = StorePath::from_absolute_path(&path).map_err(|e| bad(e.to_string()))?;
         return Ok(Location {
-            store: Arc::new(LocalFileSystem::new()),
+            store: layers.wrap(Arc::new(LocalFileSystem::new())),
             path: store_path,
             display: location.to_string(),
             local: Some(path),
@@ -81,14 +101,77 @@ pub fn resolve(location: &str, options: &[(String, String)]) -> Result<Location,
         let k = k.to_ascii_lowercase();
         k.starts_with("aws_") || k.starts_with("google_") || k.starts_with("azure_")
     });
-    let opts: Vec<(String, String)> = env.chain(options.iter().cloned()).collect();
+    let opts: Vec<(String, String)> = env.chain(options).collect();
     let (store, path) = object_store::parse_url_opts(&url, opts).map_err(|e| bad(e.to_string()))?;
     Ok(Location {
-        store: Arc::from(store),
+        store: layers.wrap(Arc::from(store)),
         path,
         display: location.to_string(),
         local: None,
     })
+}
+
+/// capfilt's layers over a resolved store, from its `capfilt_*` options.
+#[derive(Debug, Clone, Copy, Default)]
+struct Layers {
+    retry: retry::RetryPolicy,
+    faults: Option<faults::FaultConfig>,
+}
+
+impl Layers {
+    fn parse(options: &[(String, String)]) -> Result<Layers, String> {
+        fn num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| format!("store option {key} = '{value}' is not a number"))
+        }
+        let mut layers = Layers::default();
+        let mut faults = faults::FaultConfig::default();
+        let mut inject = false;
+        for (key, value) in options {
+            match key.as_str() {
+                "capfilt_store_retries" => layers.retry.max_retries = num(key, value)?,
+                "capfilt_fault_rate" | "capfilt_fault_slow_rate" => {
+                    let share: f64 = num(key, value)?;
+                    if !(0.0..=1.0).contains(&share) {
+                        return Err(format!(
+                            "store option {key} = {share} must be between 0 and 1"
+                        ));
+                    }
+                    if key == "capfilt_fault_rate" {
+                        faults.rate = share;
+                    } else {
+                        faults.slow_rate = share;
+                    }
+                    inject |= share > 0.0;
+                }
+                "capfilt_fault_delay_ms" => {
+                    faults.delay = std::time::Duration::from_millis(num(key, value)?)
+                }
+                "capfilt_fault_seed" => faults.seed = num(key, value)?,
+                k if k.starts_with("capfilt_") => {
+                    return Err(format!(
+                        "unknown store option {k} (capfilt's own: capfilt_store_retries, capfilt_fault_rate, capfilt_fault_slow_rate, capfilt_fault_delay_ms, capfilt_fault_seed)"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        layers.faults = inject.then_some(faults);
+        Ok(layers)
+    }
+
+    fn wrap(self, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        let store = match self.faults {
+            Some(f) => Arc::new(faults::FaultStore::new(store, f)) as Arc<dyn ObjectStore>,
+            None => store,
+        };
+        if self.retry.max_retries == 0 {
+            return store;
+        }
+        Arc::new(retry::RetryStore::new(store, self.retry))
+    }
 }
 
 impl Location {
@@ -197,6 +280,31 @@ mod tests {
         let loc = resolve(&dir.display().to_string(), &[]).expect("local");
         verify_create_only(&loc).await.expect("create-only");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn capfilt_options_are_checked_and_kept_from_object_store() {
+        let opts = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let loc = resolve("some/dir", &opts("capfilt_fault_rate", "0.1")).expect("faults");
+        assert!(
+            loc.store.to_string().contains("FaultStore"),
+            "{}",
+            loc.store
+        );
+        let err = resolve("some/dir", &opts("capfilt_fault_rate", "2")).expect_err("range");
+        assert!(err.to_string().contains("between 0 and 1"), "{err}");
+        let err = resolve("some/dir", &opts("capfilt_faults", "1")).expect_err("unknown");
+        assert!(
+            err.to_string()
+                .contains("unknown store option capfilt_faults"),
+            "{err}"
+        );
+        let plain = resolve("some/dir", &opts("capfilt_store_retries", "0")).expect("plain");
+        assert!(
+            !plain.store.to_string().contains("Retry"),
+            "{}",
+            plain.store
+        );
     }
 
     #[test]

@@ -766,8 +766,27 @@ async fn run_lease(
     .map_err(|e| fail(K::OutputWrite, e))
 }
 
+/// A name part no other attempt can produce, even one of the same shard, attempt number and
+/// worker after a coordinator restart renumbered attempts: 64 bits from a per-call randomly
+/// keyed hasher over the clock and the process.
+fn attempt_nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
 /// Writes a shard's three tables under attempt-unique names and commits them with a create-only
-/// `_commits/{shard}.json`; a conflict deletes the files again.
+/// `_commits/{shard}.json`. When a commit record is there already, it is read: if it names this
+/// attempt's files (a retried create whose first try landed), the shard is committed; otherwise
+/// this attempt's files, which no record names, are deleted.
+///
+/// Refuses to commit a shard whose rows are not all accounted for (scored or rejected).
 #[allow(clippy::too_many_arguments)]
 pub async fn commit_shard(
     out: &Location,
@@ -781,6 +800,17 @@ pub async fn commit_shard(
     captioner_sha256: &str,
     filter_sha256: &str,
 ) -> Result<LeaseResult, StoreError> {
+    if tables.counts.rows_in != shard.num_rows {
+        return Err(StoreError::BadLocation {
+            location: out
+                .child(&format!("_commits/{}.json", shard.shard_id))
+                .display,
+            message: format!(
+                "not committing shard {}: {} of its {} planned rows are accounted for (scored or rejected)",
+                shard.shard_id, tables.counts.rows_in, shard.num_rows
+            ),
+        });
+    }
     let t = Instant::now();
     let worker_tag: String = worker_id
         .chars()
@@ -792,6 +822,7 @@ pub async fn commit_shard(
             }
         })
         .collect();
+    let nonce = attempt_nonce();
     let mut written = Vec::new();
     let mut refs = Vec::new();
     for (table, batch) in [
@@ -800,7 +831,7 @@ pub async fn commit_shard(
         ("rejects", &tables.rejects),
     ] {
         let name = format!(
-            "{table}/part-{}-{attempt}-{worker_tag}.parquet",
+            "{table}/part-{}-{attempt}-{worker_tag}-{nonce}.parquet",
             shard.shard_id
         );
         let loc = out.child(&name);
@@ -809,8 +840,11 @@ pub async fn commit_shard(
             message: format!("encoding Parquet: {e}"),
         })?;
         let size = bytes.len() as u64;
-        loc.put_bytes(bytes).await?;
-        written.push(loc);
+        if let Err(e) = loc.put_bytes(bytes).await {
+            delete_files(&written).await;
+            return Err(e);
+        }
+        written.push((loc, name.clone()));
         refs.push(DataFileRef {
             path: name,
             rows: batch.num_rows() as u64,
@@ -842,7 +876,7 @@ pub async fn commit_shard(
             cleaned,
             rejects,
         },
-        counts,
+        counts: counts.clone(),
         stats: stats.clone(),
     };
     let commit_name = format!("_commits/{}.json", shard.shard_id);
@@ -860,49 +894,91 @@ pub async fn commit_shard(
         .put_opts(&commit.path, PutPayload::from(json), opts)
         .await
     {
-        Ok(_) => {
-            crate::metrics::stage("commit", t_commit.elapsed().as_secs_f64());
-            crate::metrics::committed(&record.counts);
-            tracing::info!(shard = %shard.shard_id, attempt, rows = record.counts.rows_in, "shard committed");
-            Ok(LeaseResult::Committed(Box::new(v1::CompleteShardRequest {
-                protocol_version: PROTOCOL_VERSION,
-                round,
-                worker_id: worker_id.to_string(),
-                commit: Some(v1::CommitRecord {
-                    shard_id: shard.shard_id.clone(),
-                    attempt,
-                    worker_id: worker_id.to_string(),
-                    scored: Some(data_file(&record.files.scored)),
-                    cleaned: Some(data_file(&record.files.cleaned)),
-                    rejects: Some(data_file(&record.files.rejects)),
-                    commit_path: commit_name,
-                }),
-                counts: Some(counts_message(&record.counts)),
-                stats: Some(v1::ShardStats {
-                    wall_ms: stats.wall_ms,
-                    read_ms: stats.read_ms,
-                    decode_ms: stats.decode_ms,
-                    caption_ms: stats.caption_ms,
-                    filter_ms: stats.filter_ms,
-                    write_ms: stats.write_ms,
-                }),
-            })))
-        }
+        Ok(_) => Ok(committed(record, commit_name, counts, &stats, t_commit)),
         Err(object_store::Error::AlreadyExists { .. }) => {
-            tracing::info!(shard = %shard.shard_id, attempt, "another attempt committed first; deleting this attempt's files");
-            for loc in written {
-                if let Err(e) = loc.store.delete(&loc.path).await {
-                    tracing::warn!(file = %loc.display, error = %e, "could not delete a losing attempt's file");
-                }
+            // The record there is the shard's output. It may be this attempt's own (the store
+            // took the create and the response was lost): then the files it names are ours.
+            let theirs: CommitRecord =
+                match commit.get_bytes().await.map(|b| serde_json::from_slice(&b)) {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        return Err(StoreError::BadLocation {
+                            location: commit.display.clone(),
+                            message: format!("unreadable commit record: {e}"),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
+            let named = [
+                &theirs.files.scored.path,
+                &theirs.files.cleaned.path,
+                &theirs.files.rejects.path,
+            ];
+            if written.iter().all(|(_, name)| named.contains(&name)) {
+                tracing::info!(shard = %shard.shard_id, attempt, "the commit record is this attempt's own (its create was retried)");
+                return Ok(committed(record, commit_name, counts, &stats, t_commit));
             }
+            tracing::info!(shard = %shard.shard_id, attempt, winner = theirs.attempt, winner_worker = %theirs.worker_id, "another attempt committed first; deleting this attempt's files");
+            let ours: Vec<_> = written
+                .into_iter()
+                .filter(|(_, name)| !named.contains(&name))
+                .collect();
+            delete_files(&ours).await;
             Ok(LeaseResult::Conflict)
         }
-        Err(source) => Err(StoreError::Io {
-            operation: "committing",
-            location: commit.display.clone(),
-            source,
-        }),
+        Err(source) => {
+            // Unknown whether the record landed: leave the files (a record may name them); a
+            // later attempt or the coordinator's commit check settles it.
+            Err(StoreError::Io {
+                operation: "committing",
+                location: commit.display.clone(),
+                source,
+            })
+        }
     }
+}
+
+async fn delete_files(files: &[(Location, String)]) {
+    for (loc, _) in files {
+        if let Err(e) = loc.store.delete(&loc.path).await {
+            tracing::warn!(file = %loc.display, error = %e, "could not delete a file of an attempt that did not commit");
+        }
+    }
+}
+
+fn committed(
+    record: CommitRecord,
+    commit_name: String,
+    counts: ShardCounts,
+    stats: &ShardStats,
+    t_commit: Instant,
+) -> LeaseResult {
+    crate::metrics::stage("commit", t_commit.elapsed().as_secs_f64());
+    crate::metrics::committed(&record.counts);
+    tracing::info!(shard = %record.shard.shard_id, attempt = record.attempt, rows = record.counts.rows_in, "shard committed");
+    LeaseResult::Committed(Box::new(v1::CompleteShardRequest {
+        protocol_version: PROTOCOL_VERSION,
+        round: record.round,
+        worker_id: record.worker_id.clone(),
+        commit: Some(v1::CommitRecord {
+            shard_id: record.shard.shard_id.clone(),
+            attempt: record.attempt,
+            worker_id: record.worker_id.clone(),
+            scored: Some(data_file(&record.files.scored)),
+            cleaned: Some(data_file(&record.files.cleaned)),
+            rejects: Some(data_file(&record.files.rejects)),
+            commit_path: commit_name,
+        }),
+        counts: Some(counts_message(&counts)),
+        stats: Some(v1::ShardStats {
+            wall_ms: stats.wall_ms,
+            read_ms: stats.read_ms,
+            decode_ms: stats.decode_ms,
+            caption_ms: stats.caption_ms,
+            filter_ms: stats.filter_ms,
+            write_ms: stats.write_ms,
+        }),
+    }))
 }
 
 fn data_file(f: &DataFileRef) -> v1::DataFile {
