@@ -136,6 +136,7 @@ pub fn timing(
     Ok(Timing {
         poll_interval: Duration::from_millis(poll),
         lease_timeout: Duration::from_millis(lease),
+        exclusion: Duration::from_secs(file.coordinator.exclusion_s.unwrap_or(600)),
     })
 }
 

@@ -89,6 +89,8 @@ pub struct CoordinatorSection {
     pub target_shard_rows: Option<u64>,
     /// Counted failures before a shard is quarantined.
     pub max_failures: Option<u32>,
+    /// How long a worker is excluded from new leases after failures that blame it, s.
+    pub exclusion_s: Option<u64>,
     /// Exit once the run is finished.
     pub exit_when_done: Option<bool>,
 }

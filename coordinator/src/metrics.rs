@@ -31,6 +31,8 @@ pub const LEASES_GRANTED: &str = "capfilt_coordinator_leases_granted_total";
 pub const LEASES_EXPIRED: &str = "capfilt_coordinator_leases_expired_total";
 /// Leases a worker gave back unfinished (draining, cancelled).
 pub const LEASES_RELEASED: &str = "capfilt_coordinator_leases_released_total";
+/// Workers excluded from new leases (failures that blame them).
+pub const WORKERS_EXCLUDED: &str = "capfilt_coordinator_workers_excluded_total";
 /// Failed shard attempts (`kind`: the worker's failure kind).
 pub const LEASE_FAILURES: &str = "capfilt_coordinator_lease_failures_total";
 /// Shards committed (commit records applied).
@@ -67,6 +69,10 @@ pub fn describe() {
         "Shard leases taken back because no heartbeat extended them"
     );
     describe_counter!(LEASES_RELEASED, "Shard leases given back unfinished");
+    describe_counter!(
+        WORKERS_EXCLUDED,
+        "Workers excluded from new leases after failures that blame them"
+    );
     describe_counter!(LEASE_FAILURES, "Failed shard attempts by failure kind");
     describe_counter!(SHARDS_COMMITTED, "Shards committed");
     describe_counter!(SHARDS_QUARANTINED, "Shards quarantined");

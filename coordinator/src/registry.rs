@@ -1,5 +1,11 @@
 //! The coordinator's view of its workers: who registered, with what device and slots, when each
-//! was last heard from, and the progress of the leases each reported.
+//! was last heard from, the progress of the leases each reported, and which are excluded.
+//!
+//! Exclusion follows Spark's `excludeOnFailure`: a failure that blames the worker's own
+//! environment (a stale bundle cache, a store it cannot use) excludes it at once; failures of
+//! [`MAX_FAILED_SHARDS`] different shards within the exclusion period exclude it too. An
+//! excluded worker gets no new leases for the period, unless every live worker is excluded
+//! (then the round would stall, so the shards' own failure counts decide).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +35,23 @@ pub struct WorkerEntry {
     pub rows_committed: u64,
     /// Whether a poll answer told it that the run is finished.
     pub told_finished: bool,
+    /// Shards whose attempts failed on this worker, with when.
+    pub failed_shards: Vec<(String, Instant)>,
+    /// Set while the worker is excluded from new leases.
+    pub excluded: Option<Exclusion>,
 }
+
+/// Why and until when a worker gets no new leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    /// Until when.
+    pub until: Instant,
+    /// Why.
+    pub reason: String,
+}
+
+/// Failures of this many different shards within the exclusion period exclude a worker.
+pub const MAX_FAILED_SHARDS: usize = 3;
 
 /// Registered workers by id.
 #[derive(Debug, Default)]
@@ -60,7 +82,16 @@ impl Registry {
             registered: now,
             rows_committed: 0,
             told_finished: false,
+            failed_shards: Vec::new(),
+            excluded: None,
         };
+        // Re-registering (a restart of the worker process keeps its id only by accident) does
+        // not lift an exclusion: the environment that caused it is likely the same.
+        let excluded = self
+            .workers
+            .get(&entry.info.worker_id)
+            .and_then(|w| w.excluded.clone());
+        let entry = WorkerEntry { excluded, ..entry };
         self.workers
             .insert(entry.info.worker_id.clone(), entry)
             .is_some()
@@ -89,6 +120,60 @@ impl Registry {
         if let Some(w) = self.workers.get_mut(worker_id) {
             w.rows_committed += rows;
         }
+    }
+
+    /// Records a counted failure of `shard` on `worker_id`; `blames_worker` for faults of the
+    /// worker's own environment. Returns the reason when this excludes the worker.
+    pub fn record_failure(
+        &mut self,
+        worker_id: &str,
+        shard: &str,
+        blames_worker: bool,
+        error: &str,
+        now: Instant,
+        period: Duration,
+    ) -> Option<String> {
+        let w = self.workers.get_mut(worker_id)?;
+        w.failed_shards
+            .retain(|(s, at)| s != shard && now.saturating_duration_since(*at) < period);
+        w.failed_shards.push((shard.to_string(), now));
+        let reason = if blames_worker {
+            Some(format!("its environment failed shard {shard}: {error}"))
+        } else if w.failed_shards.len() >= MAX_FAILED_SHARDS {
+            Some(format!(
+                "attempts of {} different shards failed on it within {} s (last: {shard}: {error})",
+                w.failed_shards.len(),
+                period.as_secs()
+            ))
+        } else {
+            None
+        }?;
+        let newly = w.excluded.as_ref().is_none_or(|e| e.until <= now);
+        w.excluded = Some(Exclusion {
+            until: now + period,
+            reason: reason.clone(),
+        });
+        w.failed_shards.clear();
+        newly.then_some(reason)
+    }
+
+    /// Why `worker_id` is excluded from new leases at `now`, if it is.
+    pub fn exclusion(&self, worker_id: &str, now: Instant) -> Option<&Exclusion> {
+        self.workers
+            .get(worker_id)?
+            .excluded
+            .as_ref()
+            .filter(|e| e.until > now)
+    }
+
+    /// Workers that take new leases: heard from within `horizon`, accepting, not excluded.
+    pub fn schedulable(&self, now: Instant, horizon: Duration) -> Vec<String> {
+        self.workers
+            .values()
+            .filter(|w| now.saturating_duration_since(w.last_seen) <= horizon && w.accepting)
+            .filter(|w| w.excluded.as_ref().is_none_or(|e| e.until <= now))
+            .map(|w| w.info.worker_id.clone())
+            .collect()
     }
 
     /// Whether `worker_id` is registered.
@@ -158,6 +243,37 @@ mod tests {
         };
         assert!(r.heartbeat(&stranger, t0).is_none());
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_worker_is_excluded_for_its_own_fault_or_for_failing_three_shards() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let period = Duration::from_secs(60);
+        r.register(reg("a"), t0);
+        r.register(reg("b"), t0);
+        // Two shards failing is not enough; the same shard twice counts once.
+        assert!(r.record_failure("a", "s1", false, "e", t0, period).is_none());
+        assert!(r.record_failure("a", "s1", false, "e", t0, period).is_none());
+        assert!(r.record_failure("a", "s2", false, "e", t0, period).is_none());
+        let why = r
+            .record_failure("a", "s3", false, "e", t0, period)
+            .expect("third shard");
+        assert!(why.contains("3 different shards"), "{why}");
+        assert!(r.exclusion("a", t0).is_some());
+        assert_eq!(r.schedulable(t0, period), vec!["b".to_string()]);
+        // It ends with the period.
+        assert!(r.exclusion("a", t0 + period).is_none());
+        // A fault of the worker's own environment excludes at once.
+        let why = r
+            .record_failure("b", "s1", true, "bundle sha256 differs", t0, period)
+            .expect("own fault");
+        assert!(why.contains("bundle sha256 differs"), "{why}");
+        assert!(r.schedulable(t0, period).is_empty());
+        // Failures older than the period are forgotten.
+        let later = t0 + period * 3;
+        assert!(r.record_failure("a", "s4", false, "e", later, period).is_none());
+        assert!(r.record_failure("a", "s5", false, "e", later, period).is_none());
     }
 
     #[test]

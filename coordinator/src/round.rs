@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 
 use crate::planner::{self, Plan, PlanError};
 use crate::registry::unix_ms;
-use crate::shard::{Event, ShardState, transition};
+use crate::shard::{Blame, Event, ShardState, transition};
 
 /// What a round runs on and with.
 #[derive(Debug, Clone, PartialEq)]
@@ -385,20 +385,29 @@ impl Round {
         }
     }
 
-    /// Leases up to `n` pending shards to `worker`.
+    /// Leases up to `n` pending shards to `worker`. A shard that failed on `worker` before
+    /// is left for another of the `live` workers while one of them has not failed it.
     pub fn lease(
         &mut self,
         worker: &str,
         n: usize,
         now: Instant,
         timeout: Duration,
+        live: &[String],
     ) -> Vec<Granted> {
         let mut out = Vec::new();
         for i in 0..self.states.len() {
             if out.len() >= n {
                 break;
             }
-            if !matches!(self.states[i], ShardState::Pending { .. }) {
+            let ShardState::Pending { history, .. } = &self.states[i] else {
+                continue;
+            };
+            if history.failed_on(worker)
+                && live
+                    .iter()
+                    .any(|w| w != worker && !history.failed_on(w))
+            {
                 continue;
             }
             let event = Event::Lease {
@@ -418,12 +427,14 @@ impl Round {
 
     /// A worker's heartbeat for its lease of `shard_id` attempt `attempt`: extended, or the
     /// reason the worker must drop it.
+    #[allow(clippy::too_many_arguments)]
     pub fn heartbeat(
         &mut self,
         worker: &str,
         shard_id: &str,
         attempt: u32,
         rows_done: u64,
+        started: bool,
         now: Instant,
         timeout: Duration,
     ) -> Option<Cancel> {
@@ -434,6 +445,7 @@ impl Round {
             worker: worker.to_string(),
             attempt,
             rows_done,
+            started,
             deadline: now + timeout,
         };
         if self.apply(i, &event) {
@@ -452,6 +464,7 @@ impl Round {
         attempt: u32,
         retryable: bool,
         counted: bool,
+        blame: Blame,
         error: &str,
     ) -> bool {
         let Some(&i) = self.index.get(shard_id) else {
@@ -463,6 +476,7 @@ impl Round {
                 attempt,
                 retryable,
                 counted,
+                blame,
                 error: error.to_string(),
             },
         )

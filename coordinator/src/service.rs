@@ -13,7 +13,7 @@ use crate::CoordinatorError;
 use crate::health::Health;
 use crate::registry::{Registry, unix_ms};
 use crate::round::{Cancel, Granted, Round, read_commit, write_manifest};
-use crate::shard::ShardState;
+use crate::shard::{Blame, ShardState};
 
 /// Timing parameters the coordinator hands to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub struct Timing {
     pub poll_interval: Duration,
     /// A lease not extended within this time is taken back.
     pub lease_timeout: Duration,
+    /// How long a worker is excluded from new leases after failures that blame it (see
+    /// [`crate::registry`]).
+    pub exclusion: Duration,
 }
 
 impl Default for Timing {
@@ -29,6 +32,7 @@ impl Default for Timing {
         Self {
             poll_interval: Duration::from_secs(2),
             lease_timeout: Duration::from_secs(60),
+            exclusion: Duration::from_secs(600),
         }
     }
 }
@@ -260,6 +264,7 @@ impl CoordinatorService {
     pub fn status(&self) -> v1::GetStatusResponse {
         let view = self.run_view();
         let serving = self.round().is_some_and(|r| !r.manifest_written());
+        let now = Instant::now();
         let registry = self.registry();
         let workers = registry
             .iter()
@@ -276,7 +281,13 @@ impl CoordinatorService {
                 rows_per_s: (w.rows_committed + w.leases.iter().map(|l| l.rows_done).sum::<u64>())
                     as f64
                     / w.registered.elapsed().as_secs_f64().max(1e-3),
-                state: if !w.leases.is_empty() {
+                state: if let Some(e) = w.excluded.as_ref().filter(|e| e.until > now) {
+                    format!(
+                        "excluded for {} s: {}",
+                        e.until.saturating_duration_since(now).as_secs(),
+                        e.reason
+                    )
+                } else if !w.leases.is_empty() {
                     "working".into()
                 } else if !w.accepting {
                     "draining".into()
@@ -392,12 +403,16 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         check_protocol_version(req.protocol_version)?;
         let now = Instant::now();
-        {
+        let (excluded, schedulable) = {
             let mut registry = self.registry();
             if registry.heartbeat(&req, now).is_none() {
                 return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
             }
-        }
+            (
+                registry.exclusion(&req.worker_id, now).is_some(),
+                registry.schedulable(now, self.timing.lease_timeout),
+            )
+        };
         let Some(mut round) = self.round() else {
             // No round is being served (none planned, or between rounds), so no lease a worker
             // reports is one of ours: tell it to drop them rather than let it commit work
@@ -439,6 +454,7 @@ impl Coordinator for CoordinatorService {
                     &l.shard_id,
                     l.attempt,
                     l.rows_done,
+                    l.started,
                     now,
                     timeout,
                 )
@@ -458,8 +474,16 @@ impl Coordinator for CoordinatorService {
             }
         }
         let mut new_leases = Vec::new();
-        if req.accepting && req.free_slots > 0 {
-            for g in round.lease(&req.worker_id, req.free_slots as usize, now, timeout) {
+        // An excluded worker gets nothing while another worker can take the work.
+        let may_lease = !excluded || schedulable.is_empty();
+        if req.accepting && req.free_slots > 0 && may_lease {
+            for g in round.lease(
+                &req.worker_id,
+                req.free_slots as usize,
+                now,
+                timeout,
+                &schedulable,
+            ) {
                 tracing::info!(worker = %req.worker_id, shard = %g.shard.shard_id, attempt = g.attempt, rows = g.shard.num_rows, "shard leased");
                 new_leases.push(self.lease_message(&round, g));
             }
@@ -567,6 +591,10 @@ impl Coordinator for CoordinatorService {
             }
             .into());
         };
+        let blame = match req.blame() {
+            v1::Blame::Worker => Blame::Worker,
+            _ => Blame::Shard,
+        };
         let applied = if kind == v1::FailureKind::Released {
             round.release(&req.shard_id, req.attempt)
         } else {
@@ -575,6 +603,7 @@ impl Coordinator for CoordinatorService {
                 req.attempt,
                 req.retryable,
                 req.count_to_failures,
+                blame,
                 &req.error,
             )
         };
@@ -591,8 +620,22 @@ impl Coordinator for CoordinatorService {
             metrics::counter!(crate::metrics::LEASE_FAILURES, "kind" => crate::metrics::failure_kind(kind))
                 .increment(1);
         }
-        tracing::warn!(worker = %req.worker_id, shard = %req.shard_id, attempt = req.attempt, kind = ?kind, retryable = req.retryable, error = %req.error, "shard attempt failed");
+        tracing::warn!(worker = %req.worker_id, shard = %req.shard_id, attempt = req.attempt, kind = ?kind, blame = ?blame, retryable = req.retryable, error = %req.error, "shard attempt failed");
         drop(round);
+        if kind != v1::FailureKind::Released
+            && req.count_to_failures
+            && let Some(reason) = self.registry().record_failure(
+                &req.worker_id,
+                &req.shard_id,
+                blame == Blame::Worker,
+                &req.error,
+                Instant::now(),
+                self.timing.exclusion,
+            )
+        {
+            metrics::counter!(crate::metrics::WORKERS_EXCLUDED).increment(1);
+            tracing::warn!(worker = %req.worker_id, reason = %reason, for_s = self.timing.exclusion.as_secs(), "worker excluded from new leases");
+        }
         self.wake.notify_one();
         Ok(Response::new(v1::FailShardResponse {}))
     }

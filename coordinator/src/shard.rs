@@ -4,17 +4,60 @@
 //! Pending --lease--> Leased(attempt) --commit--> Committed
 //!    ^                  |  (expiry, release, failure)
 //!    +------------------+
-//!                       +--(failures reach the limit, or a non-retryable failure)--> Quarantined
+//!                       +--(counted failures reach the limit, or a non-retryable failure
+//!                           confirmed on a second worker)--> Quarantined
 //! ```
 //!
-//! `attempt` numbers every lease of a shard (1, 2, ...). Expired leases and counted failures
-//! add to `failures`; when they reach `max_failures`, or a failure is not retryable, the shard
-//! is quarantined (recorded in the manifest, never blocking the round). A worker that releases
-//! its lease (shutting down) costs no failure. A commit of any attempt wins, even from a lease
-//! that already expired: the output store is the source of truth and the first commit there is
-//! the shard's output.
+//! `attempt` numbers every lease of a shard (1, 2, ...). A commit of any attempt wins, even
+//! from a lease that already expired: the output store is the source of truth and the first
+//! commit there is the shard's output. What a failure costs the shard depends on whom it
+//! blames (Spark's excludeOnFailure reasoning: one bad machine must not quarantine healthy
+//! shards):
+//!
+//! | what happened | counted against the shard |
+//! |---|---|
+//! | a failure that blames the shard (its input, its rows) | always |
+//! | a failure that blames the worker (its bundle cache, its store access) | only after the shard failed on some worker before |
+//! | a started lease expired (the worker died or was preempted) | only after the shard failed on some worker before |
+//! | a lease expired before its work started (a dead worker's read-ahead) | never |
+//! | the worker gave the lease back (shutdown) | never |
+//!
+//! Every failure and started expiry records the worker in `failed_on`, so the scheduler
+//! leases the shard elsewhere while another worker can take it. A non-retryable failure
+//! quarantines at once only when the shard failed on another worker as well; on the first
+//! worker it counts like a retryable one.
 
 use std::time::{Duration, Instant};
+
+/// A shard's failures so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Failures counted towards quarantine.
+    pub failures: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Distinct workers on which an attempt failed or a started lease expired.
+    pub failed_on: Vec<String>,
+}
+
+impl History {
+    /// Records a failure on `worker`; returns whether the shard had failed on any worker
+    /// before, and whether on a different one.
+    fn record(&mut self, worker: &str, error: String) -> (bool, bool) {
+        let before = !self.failed_on.is_empty();
+        let elsewhere = self.failed_on.iter().any(|w| w != worker);
+        if !self.failed_on.iter().any(|w| w == worker) {
+            self.failed_on.push(worker.to_string());
+        }
+        self.last_error = Some(error);
+        (before, elsewhere)
+    }
+
+    /// Whether the shard failed on `worker` before.
+    pub fn failed_on(&self, worker: &str) -> bool {
+        self.failed_on.iter().any(|w| w == worker)
+    }
+}
 
 /// Where a shard is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,25 +66,23 @@ pub enum ShardState {
     Pending {
         /// Leases granted so far.
         attempts: u32,
-        /// Counted failures so far.
-        failures: u32,
-        /// The last failure, if any.
-        last_error: Option<String>,
+        /// Failures so far.
+        history: History,
     },
     /// A worker is on it.
     Leased {
         /// This lease's attempt number.
         attempt: u32,
-        /// Counted failures so far.
-        failures: u32,
         /// The worker holding the lease.
         worker: String,
         /// When the lease expires unless the worker heartbeats.
         deadline: Instant,
         /// Rows the worker reports done.
         rows_done: u64,
-        /// The last failure, if any.
-        last_error: Option<String>,
+        /// Whether the worker reported that the work started (it holds a compute slot).
+        started: bool,
+        /// Failures so far.
+        history: History,
     },
     /// Its commit record exists.
     Committed {
@@ -56,6 +97,8 @@ pub enum ShardState {
         attempts: u32,
         /// Why.
         last_error: String,
+        /// Workers it failed on.
+        failed_on: Vec<String>,
     },
 }
 
@@ -63,10 +106,18 @@ impl Default for ShardState {
     fn default() -> Self {
         ShardState::Pending {
             attempts: 0,
-            failures: 0,
-            last_error: None,
+            history: History::default(),
         }
     }
+}
+
+/// Whom a failure blames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The shard: its input or its rows.
+    Shard,
+    /// The worker's own environment.
+    Worker,
 }
 
 /// Something that happens to a shard.
@@ -87,6 +138,8 @@ pub enum Event {
         attempt: u32,
         /// Rows done.
         rows_done: u64,
+        /// Whether its work started.
+        started: bool,
         /// New deadline.
         deadline: Instant,
     },
@@ -101,8 +154,10 @@ pub enum Event {
         attempt: u32,
         /// Whether another attempt may succeed.
         retryable: bool,
-        /// Whether it counts towards quarantine.
+        /// Whether it counts at all (false: an attempt that lost to another commit).
         counted: bool,
+        /// Whom it blames.
+        blame: Blame,
         /// What happened.
         error: String,
     },
@@ -111,7 +166,7 @@ pub enum Event {
         /// The released attempt.
         attempt: u32,
     },
-    /// Time passed: a lease past its deadline is lost (counts as a failure).
+    /// Time passed: a lease past its deadline is lost.
     Tick {
         /// Now.
         now: Instant,
@@ -157,11 +212,26 @@ impl ShardState {
         }
     }
 
+    /// Failures counted so far (0 once final).
+    pub fn failures(&self) -> u32 {
+        self.history().map_or(0, |h| h.failures)
+    }
+
+    /// The failure history of a pending or leased shard.
+    pub fn history(&self) -> Option<&History> {
+        match self {
+            ShardState::Pending { history, .. } | ShardState::Leased { history, .. } => {
+                Some(history)
+            }
+            _ => None,
+        }
+    }
+
     /// The last recorded failure.
     pub fn last_error(&self) -> Option<&str> {
         match self {
-            ShardState::Pending { last_error, .. } | ShardState::Leased { last_error, .. } => {
-                last_error.as_deref()
+            ShardState::Pending { history, .. } | ShardState::Leased { history, .. } => {
+                history.last_error.as_deref()
             }
             ShardState::Quarantined { last_error, .. } => Some(last_error),
             ShardState::Committed { .. } => None,
@@ -171,22 +241,18 @@ impl ShardState {
 
 fn after_failure(
     attempts: u32,
-    failures: u32,
+    history: History,
     max_failures: u32,
     quarantine: bool,
-    error: String,
 ) -> ShardState {
-    if quarantine || failures >= max_failures {
+    if quarantine || history.failures >= max_failures {
         ShardState::Quarantined {
             attempts,
-            last_error: error,
+            last_error: history.last_error.clone().unwrap_or_default(),
+            failed_on: history.failed_on,
         }
     } else {
-        ShardState::Pending {
-            attempts,
-            failures,
-            last_error: Some(error),
-        }
+        ShardState::Pending { attempts, history }
     }
 }
 
@@ -233,98 +299,116 @@ pub fn transition(
             })
         }
 
-        (
-            ShardState::Pending {
-                attempts,
-                failures,
-                last_error,
-            },
-            Event::Lease { worker, deadline },
-        ) => Ok(ShardState::Leased {
-            attempt: attempts + 1,
-            failures: *failures,
-            worker: worker.clone(),
-            deadline: *deadline,
-            rows_done: 0,
-            last_error: last_error.clone(),
-        }),
+        (ShardState::Pending { attempts, history }, Event::Lease { worker, deadline }) => {
+            Ok(ShardState::Leased {
+                attempt: attempts + 1,
+                worker: worker.clone(),
+                deadline: *deadline,
+                rows_done: 0,
+                started: false,
+                history: history.clone(),
+            })
+        }
 
         (
             ShardState::Leased {
                 attempt,
-                failures,
                 worker,
-                last_error,
+                started,
+                history,
                 ..
             },
             Event::Heartbeat {
                 worker: w,
                 attempt: a,
                 rows_done,
+                started: s,
                 deadline,
             },
         ) if a == attempt && w == worker => Ok(ShardState::Leased {
             attempt: *attempt,
-            failures: *failures,
             worker: worker.clone(),
             deadline: *deadline,
             rows_done: *rows_done,
-            last_error: last_error.clone(),
+            started: *started || *s || *rows_done > 0,
+            history: history.clone(),
         }),
 
         (
             ShardState::Leased {
-                attempt, failures, ..
+                attempt,
+                worker,
+                history,
+                ..
             },
             Event::Failed {
                 attempt: a,
                 retryable,
                 counted,
+                blame,
                 error,
             },
-        ) if a == attempt => Ok(after_failure(
-            *attempt,
-            failures + u32::from(*counted),
-            max_failures,
-            !retryable,
-            error.clone(),
-        )),
+        ) if a == attempt => {
+            let mut history = history.clone();
+            if !*counted {
+                history.last_error = Some(error.clone());
+                return Ok(ShardState::Pending {
+                    attempts: *attempt,
+                    history,
+                });
+            }
+            let (before, elsewhere) = history.record(worker, error.clone());
+            if *blame == Blame::Shard || before {
+                history.failures += 1;
+            }
+            Ok(after_failure(
+                *attempt,
+                history,
+                max_failures,
+                !retryable && elsewhere,
+            ))
+        }
 
         (
             ShardState::Leased {
-                attempt,
-                failures,
-                last_error,
-                ..
+                attempt, history, ..
             },
             Event::Released { attempt: a },
         ) if a == attempt => Ok(ShardState::Pending {
             attempts: *attempt,
-            failures: *failures,
-            last_error: last_error.clone(),
+            history: history.clone(),
         }),
 
         (
             ShardState::Leased {
                 attempt,
-                failures,
                 deadline,
                 worker,
+                started,
+                history,
                 ..
             },
             Event::Tick { now },
         ) => {
-            if now >= deadline {
-                Ok(after_failure(
-                    *attempt,
-                    failures + 1,
-                    max_failures,
-                    false,
-                    format!("lease of attempt {attempt} held by worker {worker} expired"),
-                ))
-            } else {
-                Ok(state.clone())
+            if now < deadline {
+                return Ok(state.clone());
             }
+            let mut history = history.clone();
+            if !started {
+                history.last_error = Some(format!(
+                    "lease of attempt {attempt} on worker {worker} expired before its work started"
+                ));
+                return Ok(ShardState::Pending {
+                    attempts: *attempt,
+                    history,
+                });
+            }
+            let error = format!("lease of attempt {attempt} held by worker {worker} expired");
+            let (before, _) = history.record(worker, error);
+            if before {
+                history.failures += 1;
+            }
+            Ok(after_failure(*attempt, history, max_failures, false))
         }
         (_, Event::Tick { .. }) => Ok(state.clone()),
         _ => Err(reject()),
@@ -344,30 +428,35 @@ mod tests {
         Instant::now()
     }
 
+    fn history(failures: u32, failed_on: &[&str]) -> History {
+        History {
+            failures,
+            last_error: (failures > 0).then(|| "boom".into()),
+            failed_on: failed_on.iter().map(|w| w.to_string()).collect(),
+        }
+    }
+
+    fn leased(attempt: u32, worker: &str, deadline: Instant, started: bool, h: History) -> ShardState {
+        ShardState::Leased {
+            attempt,
+            worker: worker.into(),
+            deadline,
+            rows_done: 0,
+            started,
+            history: h,
+        }
+    }
+
     fn states(now: Instant) -> Vec<ShardState> {
         vec![
             ShardState::default(),
             ShardState::Pending {
                 attempts: 2,
-                failures: 1,
-                last_error: Some("boom".into()),
+                history: history(1, &["w1"]),
             },
-            ShardState::Leased {
-                attempt: 1,
-                failures: 0,
-                worker: "w1".into(),
-                deadline: now + Duration::from_secs(10),
-                rows_done: 5,
-                last_error: None,
-            },
-            ShardState::Leased {
-                attempt: 3,
-                failures: 2,
-                worker: "w2".into(),
-                deadline: now,
-                rows_done: 0,
-                last_error: Some("x".into()),
-            },
+            leased(1, "w1", now + Duration::from_secs(10), false, History::default()),
+            leased(3, "w2", now, true, history(2, &["w1"])),
+            leased(2, "w1", now, true, history(0, &["w2"])),
             ShardState::Committed {
                 attempt: 1,
                 attempts: 1,
@@ -375,6 +464,7 @@ mod tests {
             ShardState::Quarantined {
                 attempts: 3,
                 last_error: "poison".into(),
+                failed_on: vec!["w1".into(), "w2".into()],
             },
         ]
     }
@@ -387,24 +477,30 @@ mod tests {
                 deadline: now + Duration::from_secs(5),
             });
             for attempt in 1..=3 {
-                out.push(Event::Heartbeat {
-                    worker: w.into(),
-                    attempt,
-                    rows_done: 7,
-                    deadline: now + Duration::from_secs(20),
-                });
+                for started in [false, true] {
+                    out.push(Event::Heartbeat {
+                        worker: w.into(),
+                        attempt,
+                        rows_done: 7 * u64::from(started),
+                        started,
+                        deadline: now + Duration::from_secs(20),
+                    });
+                }
             }
         }
         for attempt in 1..=3 {
             out.push(Event::Committed { attempt });
             out.push(Event::Released { attempt });
             for (retryable, counted) in [(true, true), (true, false), (false, true)] {
-                out.push(Event::Failed {
-                    attempt,
-                    retryable,
-                    counted,
-                    error: "e".into(),
-                });
+                for blame in [Blame::Shard, Blame::Worker] {
+                    out.push(Event::Failed {
+                        attempt,
+                        retryable,
+                        counted,
+                        blame,
+                        error: "e".into(),
+                    });
+                }
             }
         }
         out.push(Event::Tick { now });
@@ -421,10 +517,7 @@ mod tests {
         for max in [1, 3] {
             for s in states(now) {
                 // Only states that are valid under this limit.
-                if let ShardState::Pending { failures, .. } | ShardState::Leased { failures, .. } =
-                    s
-                    && failures >= max
-                {
+                if s.history().is_some_and(|h| h.failures >= max) {
                     continue;
                 }
                 for e in events(now) {
@@ -457,68 +550,118 @@ mod tests {
                         assert!(matches!(s, ShardState::Pending { .. }));
                         assert_eq!(next.attempts(), s.attempts() + 1);
                     }
-                    // Failures never exceed the limit outside quarantine.
-                    if let ShardState::Pending { failures, .. }
-                    | ShardState::Leased { failures, .. } = next
+                    // Failures never exceed the limit outside quarantine, and only go up by one.
+                    if let Some(h) = next.history() {
+                        assert!(h.failures < max, "{s:?} --{e:?}--> {next:?}");
+                        assert!(h.failures <= s.failures() + 1);
+                    }
+                    let fresh = s.history().is_some_and(|h| h.failed_on.is_empty());
+                    let counted_now = next.failures() > s.failures()
+                        || (matches!(next, ShardState::Quarantined { .. })
+                            && !matches!(s, ShardState::Quarantined { .. }));
+                    match &e {
+                        // One bad machine never costs a shard that never failed before.
+                        Event::Failed {
+                            blame: Blame::Worker,
+                            ..
+                        } if fresh => assert!(!counted_now, "{s:?} --{e:?}--> {next:?}"),
+                        Event::Tick { .. } if fresh => {
+                            assert!(!counted_now, "{s:?} --{e:?}--> {next:?}")
+                        }
+                        // Nor a read-ahead lease whose work never started, nor a release.
+                        Event::Tick { .. } | Event::Released { .. }
+                            if matches!(s, ShardState::Leased { started: false, .. }) =>
+                        {
+                            assert!(!counted_now, "{s:?} --{e:?}--> {next:?}")
+                        }
+                        Event::Failed { counted: false, .. } => {
+                            assert!(!counted_now, "{s:?} --{e:?}--> {next:?}")
+                        }
+                        _ => {}
+                    }
+                    // A non-retryable failure quarantines at once only when confirmed elsewhere.
+                    if let (
+                        Event::Failed {
+                            retryable: false,
+                            counted: true,
+                            ..
+                        },
+                        ShardState::Leased {
+                            worker, history, ..
+                        },
+                    ) = (&e, &s)
+                        && next.name() != "committed"
+                        && history.failures + 1 < max
                     {
-                        assert!(failures < max, "{s:?} --{e:?}--> {next:?}");
+                        let elsewhere = history.failed_on.iter().any(|w| w != worker);
+                        assert_eq!(
+                            matches!(next, ShardState::Quarantined { .. }),
+                            elsewhere,
+                            "{s:?} --{e:?}--> {next:?}"
+                        );
                     }
                 }
             }
         }
     }
 
+    fn lease(s: &ShardState, worker: &str, deadline: Instant) -> ShardState {
+        transition(
+            s,
+            &Event::Lease {
+                worker: worker.into(),
+                deadline,
+            },
+            3,
+        )
+        .expect("lease")
+    }
+
+    fn beat(s: &ShardState, worker: &str, started: bool, deadline: Instant) -> ShardState {
+        transition(
+            s,
+            &Event::Heartbeat {
+                worker: worker.into(),
+                attempt: s.attempts(),
+                rows_done: 0,
+                started,
+                deadline,
+            },
+            3,
+        )
+        .expect("heartbeat")
+    }
+
+    fn tick(s: &ShardState, now: Instant) -> ShardState {
+        transition(s, &Event::Tick { now }, 3).expect("tick")
+    }
+
+    fn fail(s: &ShardState, retryable: bool, blame: Blame) -> ShardState {
+        transition(
+            s,
+            &Event::Failed {
+                attempt: s.attempts(),
+                retryable,
+                counted: true,
+                blame,
+                error: "e".into(),
+            },
+            3,
+        )
+        .expect("fail")
+    }
+
     #[test]
     fn a_lease_lives_by_heartbeats_and_dies_without_them() {
         let now = t0();
-        let s = transition(
-            &ShardState::default(),
-            &Event::Lease {
-                worker: "w".into(),
-                deadline: now + Duration::from_secs(1),
-            },
-            3,
-        )
-        .expect("lease");
-        let s = transition(
-            &s,
-            &Event::Heartbeat {
-                worker: "w".into(),
-                attempt: 1,
-                rows_done: 3,
-                deadline: now + Duration::from_secs(10),
-            },
-            3,
-        )
-        .expect("heartbeat");
-        let still = transition(
-            &s,
-            &Event::Tick {
-                now: now + Duration::from_secs(5),
-            },
-            3,
-        )
-        .expect("tick");
-        assert!(matches!(still, ShardState::Leased { rows_done: 3, .. }));
-        let lost = transition(
-            &s,
-            &Event::Tick {
-                now: now + Duration::from_secs(11),
-            },
-            3,
-        )
-        .expect("tick");
-        assert!(
-            matches!(
-                lost,
-                ShardState::Pending {
-                    attempts: 1,
-                    failures: 1,
-                    ..
-                }
-            ),
-            "{lost:?}"
-        );
+        let s = lease(&ShardState::default(), "w", now + Duration::from_secs(1));
+        let s = beat(&s, "w", true, now + Duration::from_secs(10));
+        let still = tick(&s, now + Duration::from_secs(5));
+        assert!(matches!(still, ShardState::Leased { started: true, .. }));
+        let lost = tick(&s, now + Duration::from_secs(11));
+        // The first expiry is the worker's (preempted, killed): the shard is not charged.
+        assert_eq!(lost.failures(), 0, "{lost:?}");
+        assert_eq!(lost.history().map(|h| h.failed_on.clone()), Some(vec!["w".to_string()]));
         // Another worker's heartbeat for the same attempt is not accepted.
         assert!(
             transition(
@@ -527,6 +670,7 @@ mod tests {
                     worker: "intruder".into(),
                     attempt: 1,
                     rows_done: 9,
+                    started: true,
                     deadline: now
                 },
                 3
@@ -535,20 +679,69 @@ mod tests {
         );
     }
 
+    /// Hole 8: a worker leases one shard beyond its slots as read-ahead; when the worker dies,
+    /// that shard's work never started and it is not charged, however often it happens.
+    #[test]
+    fn a_read_ahead_lease_of_a_dead_worker_costs_the_shard_nothing() {
+        let now = t0();
+        let mut s = ShardState::default();
+        for w in ["w1", "w2", "w3", "w4", "w5"] {
+            s = lease(&s, w, now);
+            s = beat(&s, w, false, now);
+            s = tick(&s, now + Duration::from_secs(1));
+            assert!(matches!(s, ShardState::Pending { .. }), "{s:?}");
+        }
+        assert_eq!(s.failures(), 0);
+        assert!(s.history().is_some_and(|h| h.failed_on.is_empty()));
+        assert!(s.last_error().is_some_and(|e| e.contains("before its work started")));
+        // Once started (a heartbeat said so, or rows were done), expiries do count: from the
+        // second one on.
+        s = lease(&s, "w1", now);
+        s = beat(&s, "w1", true, now);
+        s = tick(&s, now + Duration::from_secs(1));
+        assert_eq!(s.failures(), 0);
+        s = lease(&s, "w2", now);
+        s = transition(
+            &s,
+            &Event::Heartbeat {
+                worker: "w2".into(),
+                attempt: s.attempts(),
+                rows_done: 3,
+                started: false,
+                deadline: now,
+            },
+            3,
+        )
+        .expect("beat");
+        s = tick(&s, now + Duration::from_secs(1));
+        assert_eq!(s.failures(), 1, "{s:?}");
+    }
+
+    /// Hole 3: faults of one worker (a stale bundle cache, a store it cannot use) never
+    /// quarantine healthy shards; the same fault on a second worker does count.
+    #[test]
+    fn one_bad_worker_never_quarantines_a_shard() {
+        let now = t0();
+        let mut s = ShardState::default();
+        s = lease(&s, "bad", now + Duration::from_secs(9));
+        s = fail(&s, false, Blame::Worker);
+        assert!(matches!(s, ShardState::Pending { .. }), "{s:?}");
+        assert_eq!(s.failures(), 0);
+        // The next worker commits.
+        s = lease(&s, "good", now + Duration::from_secs(9));
+        let c = transition(&s, &Event::Committed { attempt: 2 }, 3).expect("commit");
+        assert!(matches!(c, ShardState::Committed { attempt: 2, .. }));
+        // A non-retryable failure confirmed on a second worker quarantines.
+        s = fail(&s, false, Blame::Worker);
+        assert!(matches!(s, ShardState::Quarantined { .. }), "{s:?}");
+    }
+
     #[test]
     fn counted_failures_quarantine_at_the_limit_and_releases_cost_nothing() {
         let now = t0();
         let mut s = ShardState::default();
         for round in 1..=3u32 {
-            s = transition(
-                &s,
-                &Event::Lease {
-                    worker: "w".into(),
-                    deadline: now + Duration::from_secs(9),
-                },
-                3,
-            )
-            .expect("lease");
+            s = lease(&s, "w", now + Duration::from_secs(9));
             // A release first: no failure, the attempt number still moves on.
             s = transition(
                 &s,
@@ -558,21 +751,14 @@ mod tests {
                 3,
             )
             .expect("release");
-            s = transition(
-                &s,
-                &Event::Lease {
-                    worker: "w".into(),
-                    deadline: now + Duration::from_secs(9),
-                },
-                3,
-            )
-            .expect("lease");
+            s = lease(&s, "w", now + Duration::from_secs(9));
             s = transition(
                 &s,
                 &Event::Failed {
                     attempt: 2 * round,
                     retryable: true,
                     counted: true,
+                    blame: Blame::Shard,
                     error: format!("bad {round}"),
                 },
                 3,
@@ -583,41 +769,27 @@ mod tests {
             s,
             ShardState::Quarantined {
                 attempts: 6,
-                last_error: "bad 3".into()
+                last_error: "bad 3".into(),
+                failed_on: vec!["w".into()],
             }
         );
     }
 
     #[test]
-    fn a_non_retryable_failure_quarantines_at_once_and_a_late_commit_still_wins() {
+    fn a_non_retryable_failure_on_one_worker_retries_and_a_late_commit_still_wins() {
         let now = t0();
-        let s = transition(
-            &ShardState::default(),
-            &Event::Lease {
-                worker: "w".into(),
-                deadline: now,
-            },
-            5,
-        )
-        .expect("lease");
-        let q = transition(
-            &s,
-            &Event::Failed {
-                attempt: 1,
-                retryable: false,
-                counted: true,
-                error: "schema".into(),
-            },
-            5,
-        )
-        .expect("fail");
-        assert!(matches!(q, ShardState::Quarantined { .. }));
+        let s = lease(&ShardState::default(), "w", now);
+        let q = fail(&s, false, Blame::Shard);
+        assert!(matches!(q, ShardState::Pending { .. }), "{q:?}");
+        assert_eq!(q.failures(), 1);
+        let q = fail(&lease(&q, "v", now), false, Blame::Shard);
+        assert!(matches!(q, ShardState::Quarantined { .. }), "{q:?}");
         let c = transition(&q, &Event::Committed { attempt: 1 }, 5).expect("commit");
         assert_eq!(
             c,
             ShardState::Committed {
                 attempt: 1,
-                attempts: 1
+                attempts: 2
             }
         );
     }
@@ -625,32 +797,9 @@ mod tests {
     #[test]
     fn an_expired_attempt_that_commits_first_wins_over_the_new_lease() {
         let now = t0();
-        let s = transition(
-            &ShardState::default(),
-            &Event::Lease {
-                worker: "slow".into(),
-                deadline: now,
-            },
-            3,
-        )
-        .expect("lease");
-        let s = transition(
-            &s,
-            &Event::Tick {
-                now: now + Duration::from_secs(1),
-            },
-            3,
-        )
-        .expect("expire");
-        let s = transition(
-            &s,
-            &Event::Lease {
-                worker: "fast".into(),
-                deadline: now + Duration::from_secs(60),
-            },
-            3,
-        )
-        .expect("lease 2");
+        let s = lease(&ShardState::default(), "slow", now);
+        let s = tick(&s, now + Duration::from_secs(1));
+        let s = lease(&s, "fast", now + Duration::from_secs(60));
         let s = transition(&s, &Event::Committed { attempt: 1 }, 3).expect("late commit");
         assert_eq!(
             s,

@@ -163,8 +163,18 @@ impl Layers {
     }
 
     fn wrap(self, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        // Each resolved store draws its own fault sequence (else every location's first
+        // request would fail or pass alike).
+        static RESOLVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let store = match self.faults {
-            Some(f) => Arc::new(faults::FaultStore::new(store, f)) as Arc<dyn ObjectStore>,
+            Some(mut f) => {
+                f.seed = f.seed.wrapping_add(
+                    RESOLVED
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                Arc::new(faults::FaultStore::new(store, f)) as Arc<dyn ObjectStore>
+            }
             None => store,
         };
         if self.retry.max_retries == 0 {

@@ -29,6 +29,7 @@ impl TestCoordinator {
         let service = CoordinatorService::new(Timing {
             poll_interval: Duration::from_millis(100),
             lease_timeout: Duration::from_secs(2),
+            exclusion: Duration::from_secs(600),
         });
         let task = tokio::spawn(capfilt_coordinator::run(service, listener, async {
             let _ = rx.await;

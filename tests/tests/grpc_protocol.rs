@@ -188,6 +188,7 @@ async fn unknown_workers_and_leases_are_refused_with_their_names() -> anyhow::Re
         rows_done: 5,
         rows_total: 10,
         round: 1,
+        started: true,
     };
     let reply = client
         .poll_work(poll("w1", PROTOCOL_VERSION, vec![lease]))

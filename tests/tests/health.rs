@@ -51,6 +51,7 @@ async fn not_ready_until_a_round_opens_on_grpc_and_http() {
     let service = CoordinatorService::new(Timing {
         poll_interval: Duration::from_millis(100),
         lease_timeout: Duration::from_secs(2),
+        exclusion: Duration::from_secs(600),
     });
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -17,12 +17,23 @@ use tokio::sync::watch;
 
 /// Runs `spec` with `workers` in-process workers until the manifest is written.
 async fn run_round(spec: RoundSpec, workers: usize, cache: &Path) -> RoundManifest {
-    let store_options = spec.store_options.clone();
+    let options = spec.store_options.clone();
+    run_round_with(spec, workers, cache, &|_| options.clone()).await
+}
+
+/// [`run_round`] with each worker's store options from `worker_options(i)`.
+async fn run_round_with(
+    spec: RoundSpec,
+    workers: usize,
+    cache: &Path,
+    worker_options: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> RoundManifest {
     let round = Round::open(spec).await.expect("open round");
     let service = CoordinatorService::with_round(
         Timing {
             poll_interval: Duration::from_millis(50),
             lease_timeout: Duration::from_secs(5),
+            exclusion: Duration::from_secs(600),
         },
         round,
     );
@@ -42,7 +53,7 @@ async fn run_round(spec: RoundSpec, workers: usize, cache: &Path) -> RoundManife
     ));
     let handles: Vec<_> = (0..workers)
         .map(|i| {
-            let config = worker_config(&url, &format!("w{i}"), cache, store_options.clone());
+            let config = worker_config(&url, &format!("w{i}"), cache, worker_options(i));
             tokio::spawn(run_worker(config, wait(stop_rx.clone())))
         })
         .collect();
@@ -138,6 +149,96 @@ async fn a_shard_that_fails_every_attempt_is_quarantined_and_the_round_completes
         .collect();
     assert_eq!(lost.len(), 30);
     assert_exactly_once(&data, &out, &manifest, &lost);
+}
+
+/// Every store request of the coordinator and the workers fails at a 10% rate (refused,
+/// ambiguous writes, partial reads, and a share of slow responses): the round completes with
+/// every input key present exactly once and nothing quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_over_a_store_failing_one_request_in_ten_loses_and_doubles_nothing() {
+    use capfilt_schemas::store::faults::{FaultKind, injected};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 4, 60, 10);
+    let out = tmp.path().join("out/round-0001");
+    let faults: Vec<(String, String)> = [
+        ("capfilt_fault_rate", "0.1"),
+        ("capfilt_fault_slow_rate", "0.05"),
+        ("capfilt_fault_delay_ms", "20"),
+        ("capfilt_fault_seed", "1234"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let before = [
+        FaultKind::Failed,
+        FaultKind::Ambiguous,
+        FaultKind::PartialRead,
+    ]
+    .map(injected);
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        10,
+        faults,
+    );
+    let manifest = run_round(spec, 3, &tmp.path().join("cache")).await;
+    assert_eq!(manifest.shards.len(), 24);
+    assert!(
+        manifest.quarantined().next().is_none(),
+        "{:?}",
+        manifest.quarantined().collect::<Vec<_>>()
+    );
+    assert_exactly_once(&data, &out, &manifest, &BTreeSet::new());
+    let after = [
+        FaultKind::Failed,
+        FaultKind::Ambiguous,
+        FaultKind::PartialRead,
+    ]
+    .map(injected);
+    let [failed, ambiguous, partial] = [0, 1, 2].map(|i| after[i] - before[i]);
+    eprintln!("faults injected: {failed} refused, {ambiguous} ambiguous, {partial} partial reads");
+    // Some 170 requests, so about 17 faults (three runs: 8-10 refused, 2-6 ambiguous writes,
+    // 3-6 partial reads).
+    assert!(
+        failed > 0 && ambiguous + partial > 0,
+        "too few faults injected ({failed} refused, {ambiguous} ambiguous, {partial} partial): the test proves nothing"
+    );
+    let (_, _, commits) = keys_by_commits(&out);
+    assert_eq!(commits.len(), 24);
+}
+
+/// One worker whose store access is broken (every request fails) fails every shard it
+/// touches; it is excluded and its failures quarantine no healthy shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_broken_worker_is_excluded_and_quarantines_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 2, 60, 20);
+    let out = tmp.path().join("out/round-0001");
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        20,
+        Vec::new(),
+    );
+    let broken: Vec<(String, String)> = [
+        ("capfilt_fault_rate", "1"),
+        ("capfilt_store_retries", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let manifest = run_round_with(spec, 3, &tmp.path().join("cache"), &|i| {
+        if i == 0 { broken.clone() } else { Vec::new() }
+    })
+    .await;
+    assert!(
+        manifest.quarantined().next().is_none(),
+        "{:?}",
+        manifest.quarantined().collect::<Vec<_>>()
+    );
+    assert_exactly_once(&data, &out, &manifest, &BTreeSet::new());
+    let (_, _, commits) = keys_by_commits(&out);
+    assert!(commits.iter().all(|c| c.worker_id != "w0"), "w0 committed nothing");
 }
 
 #[tokio::test]

@@ -64,6 +64,42 @@ pub enum InferError {
         /// Why.
         message: String,
     },
+    /// The reading and decoding thread died: the rows it had not sent are unaccounted for, so
+    /// the step fails rather than return a truncated result.
+    #[error("input {file}: the decoding thread panicked after {rows_sent} rows: {message}")]
+    ProducerPanicked {
+        /// The input.
+        file: String,
+        /// Rows it had handed over.
+        rows_sent: u64,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// Waits for the decoding thread; its panic becomes [`InferError::ProducerPanicked`] (unless
+/// the step failed already).
+fn join_producer(
+    producer: std::thread::JoinHandle<()>,
+    file: &str,
+    rows_sent: u64,
+    failure: &mut Option<InferError>,
+) {
+    if let Err(panic) = producer.join() {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(file, rows_sent, error = %message, "the decoding thread panicked");
+        if failure.is_none() {
+            *failure = Some(InferError::ProducerPanicked {
+                file: file.to_string(),
+                rows_sent,
+                message,
+            });
+        }
+    }
 }
 
 /// How rows are read and images prepared.
@@ -175,6 +211,10 @@ pub fn process_reader<R: ChunkReader + 'static>(
     }
     let first_row: u64 = (0..groups.first().copied().unwrap_or(0))
         .map(|g| meta.row_group(g).num_rows() as u64)
+        .sum();
+    let planned_rows: u64 = groups
+        .iter()
+        .map(|&g| meta.row_group(g).num_rows() as u64)
         .sum();
     let reader = builder
         .with_row_groups(groups)
@@ -300,7 +340,16 @@ pub fn process_reader<R: ChunkReader + 'static>(
             p.store(tables.counts.rows_in, Ordering::Relaxed);
         }
     }
-    drop(producer.join());
+    join_producer(producer, source, tables.counts.rows_in, &mut failure);
+    if failure.is_none() && tables.counts.rows_in != planned_rows {
+        failure = Some(InferError::Input {
+            file: source.to_string(),
+            message: format!(
+                "read {} of the {planned_rows} rows of its row groups",
+                tables.counts.rows_in
+            ),
+        });
+    }
     let abandoned = queued.swap(0, Ordering::SeqCst);
     metrics::gauge!(crate::metrics::DECODE_QUEUE_DEPTH).decrement(abandoned as f64);
     if let Some(e) = failure {
@@ -468,4 +517,27 @@ pub fn read_rows(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_decoding_thread_fails_the_step_instead_of_truncating_it() {
+        let producer = std::thread::spawn(|| panic!("decoder bug at row 7"));
+        let mut failure = None;
+        join_producer(producer, "web/part-0.parquet", 7, &mut failure);
+        let err = failure.expect("the panic is a failure");
+        assert!(matches!(err, InferError::ProducerPanicked { rows_sent: 7, .. }));
+        assert!(err.to_string().contains("decoder bug at row 7"), "{err}");
+
+        // An earlier failure is kept; a thread that ends normally adds nothing.
+        let mut failure = Some(InferError::Cancelled);
+        join_producer(std::thread::spawn(|| panic!("x")), "f", 0, &mut failure);
+        assert!(matches!(failure, Some(InferError::Cancelled)));
+        let mut none = None;
+        join_producer(std::thread::spawn(|| {}), "f", 0, &mut none);
+        assert!(none.is_none());
+    }
 }

@@ -145,6 +145,9 @@ struct Active {
     orphaned: Arc<AtomicBool>,
     rows_done: Arc<AtomicU64>,
     rows_total: u64,
+    /// Set once the lease holds a compute slot (its work started): the coordinator charges
+    /// the shard for an expiry only then.
+    started: Arc<AtomicBool>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -309,6 +312,7 @@ pub async fn run_worker(
                     rows_done: a.rows_done.load(Ordering::Relaxed),
                     rows_total: a.rows_total,
                     round: a.round,
+                    started: a.started.load(Ordering::Relaxed),
                 })
                 .collect();
             // One lease beyond the compute slots: its input is fetched while others compute.
@@ -424,6 +428,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
     };
     let rows_done = Arc::new(AtomicU64::new(0));
     let cancel = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
     let key: LeaseKey = (
         shared.generation.load(Ordering::Relaxed),
         lease.round,
@@ -439,6 +444,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
             orphaned: orphaned.clone(),
             rows_done: rows_done.clone(),
             rows_total: spec.num_rows,
+            started: started.clone(),
             cancel: cancel.clone(),
         },
     );
@@ -449,7 +455,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
         let shard_id = spec.shard_id.clone();
         let attempt = lease.attempt;
         let round = lease.round;
-        let result = run_lease(&shared, &lease, rows_done, cancel.clone()).await;
+        let result = run_lease(&shared, &lease, rows_done, started, cancel.clone()).await;
         let worker_id = shared.config.worker_id.clone();
         let outcome = match result {
             Ok(LeaseResult::Committed(req)) => {
@@ -465,6 +471,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
                     kind: v1::FailureKind::CommitConflict,
                     error: "another attempt committed this shard first".into(),
                     retryable: false,
+                    blame: v1::Blame::Shard,
                 };
                 Some(Outcome::Failed(fail_request(
                     worker_id, &shard_id, attempt, f, false,
@@ -529,6 +536,7 @@ fn fail_request(
         retryable: f.retryable,
         count_to_failures: counted,
         round: 0,
+        blame: f.blame.into(),
     }
 }
 
@@ -545,13 +553,25 @@ struct Failure {
     kind: v1::FailureKind,
     error: String,
     retryable: bool,
+    blame: v1::Blame,
 }
 
+/// A failure of the shard's own (its input, its rows), worth another attempt.
 fn fail(kind: v1::FailureKind, error: impl std::fmt::Display) -> Failure {
     Failure {
         kind,
         error: error.to_string(),
         retryable: true,
+        blame: v1::Blame::Shard,
+    }
+}
+
+/// A failure of this worker's environment (its bundle cache, its device, a store it cannot
+/// use): the coordinator excludes the worker rather than charge the shard.
+fn fail_here(kind: v1::FailureKind, error: impl std::fmt::Display) -> Failure {
+    Failure {
+        blame: v1::Blame::Worker,
+        ..fail(kind, error)
     }
 }
 
@@ -611,6 +631,7 @@ async fn run_lease(
     shared: &Arc<Shared>,
     lease: &v1::ShardLease,
     rows_done: Arc<AtomicU64>,
+    started: Arc<AtomicBool>,
     cancel: Arc<AtomicBool>,
 ) -> Result<LeaseResult, Failure> {
     use v1::FailureKind as K;
@@ -618,7 +639,7 @@ async fn run_lease(
     let spec = lease.shard.clone().unwrap_or_default();
     let cap_ref = lease.captioner.clone().unwrap_or_default();
     let fil_ref = lease.filter.clone().unwrap_or_default();
-    let load = |e: BundleError| fail(K::ModelLoad, e);
+    let load = |e: BundleError| fail_here(K::ModelLoad, e);
     let cap = Bundle::fetch(&cap_ref.url, &cfg.cache_dir, &cfg.store_options)
         .await
         .map_err(load)?;
@@ -629,7 +650,7 @@ async fn run_lease(
         if !r.bundle_json_sha256.is_empty() && b.sha256 != r.bundle_json_sha256 {
             return Err(Failure {
                 retryable: false,
-                ..fail(
+                ..fail_here(
                     K::ModelLoad,
                     format!(
                         "bundle {} has sha256 {}, the round expects {}",
@@ -658,6 +679,9 @@ async fn run_lease(
     if cancel.load(Ordering::Relaxed) {
         return Err(fail(K::Released, "lease cancelled before it started"));
     }
+    started.store(true, Ordering::Relaxed);
+    // Heartbeat now, so the coordinator learns the work started.
+    shared.finished.notify_one();
     let key: EngineKey = (cap.sha256.clone(), fil.sha256.clone());
     let params = step_params(lease);
     let pooled = {
@@ -712,7 +736,7 @@ async fn run_lease(
     .await
     .map_err(|e| fail(K::Internal, format!("shard task panicked: {e}")))?;
     drop(permit);
-    let (engine, result) = computed.map_err(|e| fail(K::ModelLoad, e))?;
+    let (engine, result) = computed.map_err(|e| fail_here(K::ModelLoad, e))?;
     if lock(&shared.current_engine).as_ref() == Some(&key) {
         lock(&shared.engines).push((key, engine));
     } else {
@@ -737,7 +761,7 @@ async fn run_lease(
         // Exactly-once depends on create-only commits: refuse a store that ignores them.
         store::verify_create_only(&out).await.map_err(|e| Failure {
             retryable: false,
-            ..fail(K::OutputWrite, e)
+            ..fail_here(K::OutputWrite, e)
         })?;
         lock(&shared.verified_outputs).push(lease.output_url.clone());
     }
