@@ -253,9 +253,18 @@ mod tests {
         r.register(reg("a"), t0);
         r.register(reg("b"), t0);
         // Two shards failing is not enough; the same shard twice counts once.
-        assert!(r.record_failure("a", "s1", false, "e", t0, period).is_none());
-        assert!(r.record_failure("a", "s1", false, "e", t0, period).is_none());
-        assert!(r.record_failure("a", "s2", false, "e", t0, period).is_none());
+        assert!(
+            r.record_failure("a", "s1", false, "e", t0, period)
+                .is_none()
+        );
+        assert!(
+            r.record_failure("a", "s1", false, "e", t0, period)
+                .is_none()
+        );
+        assert!(
+            r.record_failure("a", "s2", false, "e", t0, period)
+                .is_none()
+        );
         let why = r
             .record_failure("a", "s3", false, "e", t0, period)
             .expect("third shard");
@@ -272,8 +281,14 @@ mod tests {
         assert!(r.schedulable(t0, period).is_empty());
         // Failures older than the period are forgotten.
         let later = t0 + period * 3;
-        assert!(r.record_failure("a", "s4", false, "e", later, period).is_none());
-        assert!(r.record_failure("a", "s5", false, "e", later, period).is_none());
+        assert!(
+            r.record_failure("a", "s4", false, "e", later, period)
+                .is_none()
+        );
+        assert!(
+            r.record_failure("a", "s5", false, "e", later, period)
+                .is_none()
+        );
     }
 
     #[test]

@@ -404,9 +404,7 @@ impl Round {
                 continue;
             };
             if history.failed_on(worker)
-                && live
-                    .iter()
-                    .any(|w| w != worker && !history.failed_on(w))
+                && live.iter().any(|w| w != worker && !history.failed_on(w))
             {
                 continue;
             }

@@ -436,7 +436,13 @@ mod tests {
         }
     }
 
-    fn leased(attempt: u32, worker: &str, deadline: Instant, started: bool, h: History) -> ShardState {
+    fn leased(
+        attempt: u32,
+        worker: &str,
+        deadline: Instant,
+        started: bool,
+        h: History,
+    ) -> ShardState {
         ShardState::Leased {
             attempt,
             worker: worker.into(),
@@ -454,7 +460,13 @@ mod tests {
                 attempts: 2,
                 history: history(1, &["w1"]),
             },
-            leased(1, "w1", now + Duration::from_secs(10), false, History::default()),
+            leased(
+                1,
+                "w1",
+                now + Duration::from_secs(10),
+                false,
+                History::default(),
+            ),
             leased(3, "w2", now, true, history(2, &["w1"])),
             leased(2, "w1", now, true, history(0, &["w2"])),
             ShardState::Committed {
@@ -661,7 +673,10 @@ mod tests {
         let lost = tick(&s, now + Duration::from_secs(11));
         // The first expiry is the worker's (preempted, killed): the shard is not charged.
         assert_eq!(lost.failures(), 0, "{lost:?}");
-        assert_eq!(lost.history().map(|h| h.failed_on.clone()), Some(vec!["w".to_string()]));
+        assert_eq!(
+            lost.history().map(|h| h.failed_on.clone()),
+            Some(vec!["w".to_string()])
+        );
         // Another worker's heartbeat for the same attempt is not accepted.
         assert!(
             transition(
@@ -693,7 +708,10 @@ mod tests {
         }
         assert_eq!(s.failures(), 0);
         assert!(s.history().is_some_and(|h| h.failed_on.is_empty()));
-        assert!(s.last_error().is_some_and(|e| e.contains("before its work started")));
+        assert!(
+            s.last_error()
+                .is_some_and(|e| e.contains("before its work started"))
+        );
         // Once started (a heartbeat said so, or rows were done), expiries do count: from the
         // second one on.
         s = lease(&s, "w1", now);

@@ -220,13 +220,11 @@ async fn one_broken_worker_is_excluded_and_quarantines_nothing() {
         20,
         Vec::new(),
     );
-    let broken: Vec<(String, String)> = [
-        ("capfilt_fault_rate", "1"),
-        ("capfilt_store_retries", "0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let broken: Vec<(String, String)> =
+        [("capfilt_fault_rate", "1"), ("capfilt_store_retries", "0")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let manifest = run_round_with(spec, 3, &tmp.path().join("cache"), &|i| {
         if i == 0 { broken.clone() } else { Vec::new() }
     })
@@ -238,7 +236,10 @@ async fn one_broken_worker_is_excluded_and_quarantines_nothing() {
     );
     assert_exactly_once(&data, &out, &manifest, &BTreeSet::new());
     let (_, _, commits) = keys_by_commits(&out);
-    assert!(commits.iter().all(|c| c.worker_id != "w0"), "w0 committed nothing");
+    assert!(
+        commits.iter().all(|c| c.worker_id != "w0"),
+        "w0 committed nothing"
+    );
 }
 
 #[tokio::test]

@@ -529,7 +529,10 @@ mod tests {
         let mut failure = None;
         join_producer(producer, "web/part-0.parquet", 7, &mut failure);
         let err = failure.expect("the panic is a failure");
-        assert!(matches!(err, InferError::ProducerPanicked { rows_sent: 7, .. }));
+        assert!(matches!(
+            err,
+            InferError::ProducerPanicked { rows_sent: 7, .. }
+        ));
         assert!(err.to_string().contains("decoder bug at row 7"), "{err}");
 
         // An earlier failure is kept; a thread that ends normally adds nothing.
