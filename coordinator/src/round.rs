@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use capfilt_schemas::mapping::ColumnMapping;
 use capfilt_schemas::records::{
-    BundleUse, CapfiltParams, CommitRecord, FinalShardState, RECORD_FORMAT_VERSION, RoundManifest,
-    ShardCounts, ShardOutcome, ShardRef,
+    AttemptsRecord, BundleUse, CapfiltParams, CommitRecord, FinalShardState, RECORD_FORMAT_VERSION,
+    RoundManifest, ShardCounts, ShardOutcome, ShardRef,
 };
 use capfilt_schemas::store::{self, Location, StoreError};
 use futures::TryStreamExt;
 
 use crate::planner::{self, Plan, PlanError};
 use crate::registry::unix_ms;
-use crate::shard::{Blame, Event, ShardState, transition};
+use crate::shard::{Blame, Event, History, ShardState, transition};
 
 /// What a round runs on and with.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +126,8 @@ pub struct Round {
     index: HashMap<String, usize>,
     commits: HashMap<String, CommitRecord>,
     manifest_written: bool,
+    /// Shards whose scheduling history changed since the last [`Round::take_attempts`].
+    dirty: std::collections::BTreeSet<usize>,
 }
 
 /// `{round}/_plan.json`: the plan a round was opened with, created once (create-only) and
@@ -203,6 +205,21 @@ impl PlanRecord {
     }
 }
 
+/// Path of a shard's scheduling history under the round prefix.
+pub fn attempts_path(shard_id: &str) -> String {
+    format!("_attempts/{shard_id}.json")
+}
+
+/// Writes `_attempts/` records from [`Round::take_attempts`]; failures are logged (the next
+/// change writes the record again).
+pub async fn write_attempts(records: Vec<(Location, Vec<u8>)>) {
+    for (loc, json) in records {
+        if let Err(e) = loc.put_bytes(json).await {
+            tracing::warn!(record = %loc.display, error = %e, "writing a shard's attempts record failed");
+        }
+    }
+}
+
 /// Path of a shard's commit record under the round prefix.
 pub fn commit_path(shard_id: &str) -> String {
     format!("_commits/{shard_id}.json")
@@ -242,6 +259,7 @@ impl Round {
             index,
             commits: HashMap::new(),
             manifest_written: false,
+            dirty: Default::default(),
         };
         let commits = round.out.child("_commits");
         let listed: Vec<object_store::ObjectMeta> = commits
@@ -266,6 +284,34 @@ impl Round {
                 round.check_commit(&record, i)?;
                 round.record_commit(record, false);
             }
+        }
+        let attempts_dir = round.out.child("_attempts");
+        let listed: Vec<object_store::ObjectMeta> = attempts_dir
+            .store
+            .list(Some(&attempts_dir.path))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Io {
+                operation: "listing",
+                location: attempts_dir.display.clone(),
+                source,
+            })?;
+        for meta in listed {
+            let Some(shard_id) = meta
+                .location
+                .filename()
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let loc = round.out.child(&attempts_path(shard_id));
+            let bytes = loc.get_bytes().await?;
+            let record: AttemptsRecord =
+                serde_json::from_slice(&bytes).map_err(|e| RoundError::BadCommit {
+                    path: loc.display.clone(),
+                    message: format!("{e} (delete it to reset the shard's attempts)"),
+                })?;
+            round.restore_attempts(record);
         }
         let committed = round.count("committed");
         tracing::info!(
@@ -305,6 +351,11 @@ impl Round {
             ))
         } else if record.round != spec.round {
             Some(format!("it is a round {} record", record.round))
+        } else if record.counts.rows_in != planned.num_rows {
+            Some(format!(
+                "it accounts for {} of the shard's {} rows",
+                record.counts.rows_in, planned.num_rows
+            ))
         } else {
             None
         };
@@ -378,11 +429,90 @@ impl Round {
                     tracing::warn!(shard = %self.plan.shards[i].shard_id, error = %last_error, "shard quarantined");
                     metrics::counter!(crate::metrics::SHARDS_QUARANTINED).increment(1);
                 }
+                let persist = !matches!(event, Event::Heartbeat { .. } | Event::Committed { .. })
+                    && next != self.states[i];
+                if persist {
+                    self.dirty.insert(i);
+                }
                 self.states[i] = next;
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// The `_attempts/{shard}.json` records of shards whose history changed since the last
+    /// call, to be written by the caller (outside any lock): where, and the JSON.
+    pub fn take_attempts(&mut self) -> Vec<(Location, Vec<u8>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|i| {
+                let shard_id = &self.plan.shards[i].shard_id;
+                let record = match &self.states[i] {
+                    ShardState::Pending { attempts, history }
+                    | ShardState::Leased {
+                        attempt: attempts,
+                        history,
+                        ..
+                    } => AttemptsRecord {
+                        format_version: RECORD_FORMAT_VERSION,
+                        round: self.spec.round,
+                        shard_id: shard_id.clone(),
+                        attempts: *attempts,
+                        failures: history.failures,
+                        last_error: history.last_error.clone(),
+                        failed_on: history.failed_on.clone(),
+                        quarantined: false,
+                    },
+                    ShardState::Quarantined {
+                        attempts,
+                        last_error,
+                        failed_on,
+                    } => AttemptsRecord {
+                        format_version: RECORD_FORMAT_VERSION,
+                        round: self.spec.round,
+                        shard_id: shard_id.clone(),
+                        attempts: *attempts,
+                        failures: 0,
+                        last_error: Some(last_error.clone()),
+                        failed_on: failed_on.clone(),
+                        quarantined: true,
+                    },
+                    // The commit record speaks for a committed shard.
+                    ShardState::Committed { .. } => return None,
+                };
+                let json = serde_json::to_vec_pretty(&record).ok()?;
+                Some((self.out.child(&attempts_path(shard_id)), json))
+            })
+            .collect()
+    }
+
+    /// Restores a shard's history from its `_attempts/` record (a shard with a commit record
+    /// is committed whatever the record says).
+    fn restore_attempts(&mut self, record: AttemptsRecord) {
+        let Some(&i) = self.index.get(&record.shard_id) else {
+            return;
+        };
+        if !matches!(self.states[i], ShardState::Pending { .. }) {
+            return;
+        }
+        self.states[i] = if record.quarantined {
+            ShardState::Quarantined {
+                attempts: record.attempts,
+                last_error: record.last_error.unwrap_or_default(),
+                failed_on: record.failed_on,
+            }
+        } else {
+            ShardState::Pending {
+                attempts: record.attempts,
+                history: History {
+                    failures: record.failures,
+                    last_error: record.last_error,
+                    failed_on: record.failed_on,
+                },
+            }
+        };
     }
 
     /// Leases up to `n` pending shards to `worker`. A shard that failed on `worker` before
@@ -521,12 +651,30 @@ impl Round {
         let Some(&i) = self.index.get(&record.shard.shard_id) else {
             return false;
         };
+        if live && let Err(e) = self.check_commit(&record, i) {
+            // No later attempt can commit over it: give the shard up, saying why.
+            tracing::error!(error = %e, "a commit record that does not belong to this round");
+            let attempts = self.states[i].attempts();
+            self.states[i] = ShardState::Quarantined {
+                attempts,
+                last_error: e.to_string(),
+                failed_on: Vec::new(),
+            };
+            self.dirty.insert(i);
+            return false;
+        }
+        let was_committed = matches!(self.states[i], ShardState::Committed { .. });
         let applied = self.apply(
             i,
             &Event::Committed {
                 attempt: record.attempt,
             },
         );
+        if applied && !was_committed && self.manifest_written {
+            // A late commit of a shard the manifest gave up on: the manifest is written again.
+            tracing::info!(shard = %record.shard.shard_id, "late commit after the manifest; rewriting it");
+            self.manifest_written = false;
+        }
         if applied {
             if live {
                 crate::metrics::commit_counted(&record.counts);

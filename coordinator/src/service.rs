@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::CoordinatorError;
 use crate::health::Health;
 use crate::registry::{Registry, unix_ms};
-use crate::round::{Cancel, Granted, Round, read_commit, write_manifest};
+use crate::round::{Cancel, Granted, Round, read_commit, write_attempts, write_manifest};
 use crate::shard::{Blame, ShardState};
 
 /// Timing parameters the coordinator hands to workers.
@@ -169,11 +169,18 @@ impl CoordinatorService {
             .clamp(Duration::from_millis(20), Duration::from_secs(5));
         async move {
             loop {
-                let pending = service.round().and_then(|mut r| {
-                    r.tick(Instant::now());
-                    (r.is_done() && !r.manifest_written())
-                        .then(|| (r.output().clone(), r.manifest()))
-                });
+                let (attempts, pending) = match service.round() {
+                    Some(mut r) => {
+                        r.tick(Instant::now());
+                        let pending = (r.is_done() && !r.manifest_written())
+                            .then(|| (r.output().clone(), r.manifest()));
+                        (r.take_attempts(), pending)
+                    }
+                    None => (Vec::new(), None),
+                };
+                // Scheduling history first, so a restart never forgets a quarantine the
+                // manifest reports.
+                write_attempts(attempts).await;
                 if let Some((out, manifest)) = pending {
                     match write_manifest(&out, &manifest).await {
                         Ok(()) => {

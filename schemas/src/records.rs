@@ -127,6 +127,32 @@ pub struct ShardFiles {
     pub rejects: DataFileRef,
 }
 
+/// `_attempts/{shard}.json`: the coordinator's scheduling history of a shard that is not
+/// committed (attempts granted, failures counted, the workers it failed on, quarantine),
+/// rewritten on every change so a restarted coordinator keeps numbering attempts and keeps
+/// quarantined shards quarantined. Delete it to give a quarantined shard another chance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptsRecord {
+    /// [`RECORD_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Round.
+    pub round: u32,
+    /// Shard id.
+    pub shard_id: String,
+    /// Leases granted so far.
+    pub attempts: u32,
+    /// Failures counted towards quarantine.
+    pub failures: u32,
+    /// The last failure.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Distinct workers it failed on.
+    #[serde(default)]
+    pub failed_on: Vec<String>,
+    /// Whether it is quarantined.
+    pub quarantined: bool,
+}
+
 /// `_commits/{shard}.json`: written last and create-only; the first attempt to write it wins and
 /// readers follow it (never raw listings) to find a shard's data files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -519,3 +519,122 @@ async fn a_store_that_ignores_create_only_puts_is_refused_at_start_up() {
     let proxied = store::resolve("s3://capfilt/out", &s3_options(proxy_port)).expect("proxied");
     assert!(store::verify_create_only(&proxied).await.is_err());
 }
+
+/// A commit record for `shard` as a worker of `spec` would write it (no data files: the
+/// scheduling state only reads the record).
+fn record_for(
+    spec: &RoundSpec,
+    shard: &capfilt_schemas::records::ShardRef,
+    rows: u64,
+) -> capfilt_schemas::records::CommitRecord {
+    use capfilt_schemas::records::*;
+    let file = |t: &str| DataFileRef {
+        path: format!("{t}/part-{}-1-w-0.parquet", shard.shard_id),
+        rows: 0,
+        bytes: 0,
+    };
+    CommitRecord {
+        format_version: RECORD_FORMAT_VERSION,
+        round: spec.round,
+        shard: shard.clone(),
+        attempt: 1,
+        worker_id: "w".into(),
+        committed_unix_ms: 0,
+        captioner_sha256: spec.captioner.bundle_json_sha256.clone(),
+        filter_sha256: spec.filter.bundle_json_sha256.clone(),
+        files: ShardFiles {
+            scored: file("scored"),
+            cleaned: file("cleaned"),
+            rejects: file("rejects"),
+        },
+        counts: ShardCounts {
+            rows_in: rows,
+            rows_rejected: rows,
+            ..ShardCounts::default()
+        },
+        stats: ShardStats::default(),
+    }
+}
+
+/// Hole 5: quarantine and attempt numbers live in `_attempts/` and survive a restarted
+/// coordinator; a late commit after the manifest makes the manifest be written again; a
+/// record that does not account for every planned row is refused.
+#[tokio::test]
+async fn quarantine_and_attempts_survive_a_restart_and_a_late_commit_rewrites_the_manifest() {
+    use capfilt_coordinator::round::write_attempts;
+    use capfilt_coordinator::shard::{Blame, ShardState};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 1, 20, 10);
+    let out = tmp.path().join("out/round-0001");
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        10,
+        Vec::new(),
+    );
+    let timeout = Duration::from_secs(60);
+    let mut round = Round::open(spec.clone()).await.expect("open");
+    let shards: Vec<_> = round.plan().shards.clone();
+    assert_eq!(shards.len(), 2);
+    // Shard 0 fails three times (two workers), shard 1 is leased once.
+    for worker in ["w1", "w2", "w1"] {
+        let g = round.lease(worker, 1, Instant::now(), timeout, &[]);
+        assert_eq!(g[0].shard.shard_id, shards[0].shard_id, "{worker}");
+        assert!(round.fail(
+            &shards[0].shard_id,
+            g[0].attempt,
+            true,
+            true,
+            Blame::Shard,
+            "bad rows"
+        ));
+    }
+    let g = round.lease("w3", 1, Instant::now(), timeout, &[]);
+    assert_eq!(
+        (g[0].shard.shard_id.as_str(), g[0].attempt),
+        (shards[1].shard_id.as_str(), 1)
+    );
+    write_attempts(round.take_attempts()).await;
+    assert!(
+        out.join("_attempts")
+            .join(format!("{}.json", shards[0].shard_id))
+            .is_file()
+    );
+
+    // A restarted coordinator: shard 0 stays quarantined, shard 1 goes on at attempt 2.
+    let mut round = Round::open(spec.clone()).await.expect("reopen");
+    let states: Vec<ShardState> = round.shards().map(|(_, s)| s.clone()).collect();
+    assert!(
+        matches!(&states[0], ShardState::Quarantined { attempts: 3, last_error, .. } if last_error == "bad rows"),
+        "{:?}",
+        states[0]
+    );
+    let g = round.lease("w3", 1, Instant::now(), timeout, &[]);
+    assert_eq!(
+        (g[0].shard.shard_id.as_str(), g[0].attempt),
+        (shards[1].shard_id.as_str(), 2)
+    );
+
+    // A record that leaves rows out is refused: the shard is given up with the reason.
+    assert!(!round.apply_commit(record_for(&spec, &shards[1], 3)));
+    assert!(
+        round
+            .shards()
+            .nth(1)
+            .and_then(|(_, s)| s.last_error())
+            .is_some_and(|e| e.contains("3 of the shard's 10 rows")),
+        "{:?}",
+        round.shards().nth(1)
+    );
+    // The genuine record wins; the manifest is written; a late commit of the quarantined
+    // shard then asks for it again, and the new manifest has every shard committed.
+    assert!(round.apply_commit(record_for(&spec, &shards[1], 10)));
+    assert!(round.is_done());
+    round.mark_manifest_written();
+    assert!(round.apply_commit(record_for(&spec, &shards[0], 10)));
+    assert!(
+        !round.manifest_written(),
+        "a late commit asks for the manifest again"
+    );
+    assert!(round.manifest().quarantined().next().is_none());
+}
