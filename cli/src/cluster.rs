@@ -147,7 +147,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "CAPFILT_COORDINATOR")]
     pub coordinator: String,
     /// Shards computed at once (each with its own ONNX Runtime sessions) [default: 1].
-    #[arg(long, env = "CAPFILT_SLOTS")]
+    #[arg(long, env = "CAPFILT_SLOTS", value_parser = crate::exit::at_least_one::<u32>)]
     pub slots: Option<u32>,
     /// Worker id [default: HOSTNAME-PID-NONCE].
     #[arg(long, env = "CAPFILT_WORKER_ID")]
@@ -234,7 +234,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub round_args: RoundArgs,
     /// Workers to run in this process [default: 2].
-    #[arg(long, env = "CAPFILT_WORKERS")]
+    #[arg(long, env = "CAPFILT_WORKERS", value_parser = crate::exit::at_least_one::<usize>)]
     pub workers: Option<usize>,
     /// TOML config file (every option; flags and CAPFILT_* variables override it).
     #[arg(long, env = "CAPFILT_CONFIG")]
@@ -266,6 +266,9 @@ pub fn run(args: RunArgs) -> CliResult {
         let (config, planner, trainer) =
             crate::rounds::run_parts(&args.round_args, &args.bootstrap, &args.options, &file)
                 .await?;
+        // The user's bundles and parameters are checked before anything starts, so a mistake
+        // in them is one line, not a failed phase with workers already polling.
+        round_spec(&args.round_args, &args.options, &file, config.first_round).await?;
         let rounds = config.rounds;
         let output = config.output.clone();
         let service = CoordinatorService::new(timing(&file, None, None)?);
@@ -399,6 +402,19 @@ async fn show_progress(url: String) {
     }
 }
 
+/// The data-quality counts worth a line when not zero.
+pub fn input_notes(c: &capfilt_schemas::records::ShardCounts) -> Vec<(&'static str, u64)> {
+    [
+        ("no web text", c.web_missing),
+        ("cut captions", c.captions_truncated),
+        ("derived keys", c.keys_derived),
+        ("repeated keys", c.keys_duplicated),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
 pub fn print_summary(m: &RoundManifest, out: &str) {
     let t = &m.totals;
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
@@ -413,7 +429,10 @@ pub fn print_summary(m: &RoundManifest, out: &str) {
     println!("  scored         {}", t.rows_scored);
     println!("  rejected       {}", t.rows_rejected);
     for (reason, n) in &t.rejects_by_reason {
-        println!("    {:<13}{n}", reason.as_str());
+        println!("    {:<16} {n}", reason.as_str());
+    }
+    for (what, n) in input_notes(t) {
+        println!("  {what:<14} {n}");
     }
     println!(
         "  web kept       {} of {} ({})",

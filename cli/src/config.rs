@@ -179,6 +179,22 @@ impl ColumnsConfig {
     }
 }
 
+/// A TOML error as one line: file, line and column, and the parser's message.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!(" line {line}, column {column}")
+    });
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    anyhow!(
+        "config file {}{}: {message}",
+        path.display(),
+        at.unwrap_or_default()
+    )
+}
+
 impl FileConfig {
     /// Reads `path`, or the empty config when `None`.
     pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -187,8 +203,7 @@ impl FileConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow!("config file {}: {}", path.display(), e.to_string().trim()))
+        toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))
     }
 
     /// Object-store options as (key, value) pairs.
@@ -255,5 +270,17 @@ aws_allow_http = "true"
         assert_eq!(c.store.len(), 2);
         let typo = toml::from_str::<FileConfig>("[capfilt]\nthreshhold = 0.5\n").expect_err("typo");
         assert!(typo.to_string().contains("threshhold"), "{typo}");
+    }
+
+    #[test]
+    fn a_toml_error_is_one_line_with_its_position() {
+        let text = "[capfilt]\nthreshold = 0.5\n[coordinator\n";
+        let e = toml::from_str::<FileConfig>(text).expect_err("unclosed table");
+        let line = toml_error(Path::new("c.toml"), text, &e).to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("config file c.toml line 3, column 13: "),
+            "{line}"
+        );
     }
 }

@@ -30,3 +30,14 @@ impl CliError {
 
 /// Shorthand for results of subcommands.
 pub type CliResult = Result<(), CliError>;
+
+/// clap value parser for counts that must be at least 1 (batch sizes, slots, workers).
+pub fn at_least_one<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + From<u8> + PartialOrd,
+{
+    match s.trim().parse::<T>() {
+        Ok(v) if v >= T::from(1) => Ok(v),
+        _ => Err("must be a whole number of at least 1".into()),
+    }
+}

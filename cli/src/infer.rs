@@ -24,13 +24,13 @@ pub struct CapfiltOptions {
     #[arg(long, env = "CAPFILT_DECODING")]
     pub decoding: Option<Decoding>,
     /// Synthetic captions per image (nucleus: K samples; beam: the K best beams) [default: 1].
-    #[arg(long, env = "CAPFILT_CANDIDATES")]
+    #[arg(long, env = "CAPFILT_CANDIDATES", value_parser = crate::exit::at_least_one::<usize>)]
     pub candidates: Option<usize>,
     /// Keep a text when its ITM match probability is at least this [default: 0.5].
     #[arg(long, env = "CAPFILT_THRESHOLD")]
     pub threshold: Option<f32>,
     /// Images per inference batch [default: 32].
-    #[arg(long, env = "CAPFILT_BATCH_SIZE")]
+    #[arg(long, env = "CAPFILT_BATCH_SIZE", value_parser = crate::exit::at_least_one::<usize>)]
     pub batch_size: Option<usize>,
     /// Nucleus sampling mass [default: the bundle's, 0.9].
     #[arg(long)]
@@ -39,7 +39,7 @@ pub struct CapfiltOptions {
     #[arg(long)]
     pub temperature: Option<f32>,
     /// Beams for --decoding beam [default: the bundle's, 3].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::exit::at_least_one::<usize>)]
     pub num_beams: Option<usize>,
     /// Repetition penalty [default: the bundle's, 1.1].
     #[arg(long)]
@@ -51,7 +51,7 @@ pub struct CapfiltOptions {
     #[arg(long)]
     pub max_length: Option<usize>,
     /// (image, text) pairs per ITM batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::exit::at_least_one::<usize>)]
     pub itm_batch: usize,
     /// Bootstrap round number (part of every sampling seed and output row) [default: 1].
     #[arg(long)]
@@ -77,6 +77,9 @@ pub struct CapfiltOptions {
     /// Smallest accepted image side, pixels.
     #[arg(long, default_value_t = 1)]
     pub min_image_side: u32,
+    /// Longer captions are cut to this many characters (counted as captions_truncated).
+    #[arg(long, default_value_t = capfilt_worker::input::DEFAULT_MAX_CAPTION_CHARS, value_parser = crate::exit::at_least_one::<usize>)]
+    pub max_caption_chars: usize,
     /// Copy image bytes into cleaned/ (default: reference them by source file and row).
     #[arg(long)]
     pub with_images: bool,
@@ -177,6 +180,7 @@ impl CapfiltOptions {
             max_encoded_bytes: self.max_image_bytes,
             max_pixels: self.max_image_pixels,
             min_side: self.min_image_side,
+            max_caption_chars: self.max_caption_chars,
         }
     }
 
@@ -255,9 +259,13 @@ pub struct InferArgs {
     pub options: CapfiltOptions,
 }
 
+/// Bad input (bundles, their kinds and parameters, a file that does not fit): exit 2, as
+/// `run` reports the same mistakes; a job that failed on the way: exit 1.
 fn classify(e: InferError) -> CliError {
+    use capfilt_worker::EngineError;
     match e {
         InferError::Bundle(_)
+        | InferError::Engine(EngineError::Bundle(_) | EngineError::Params(_))
         | InferError::Schema(_)
         | InferError::Store(StoreError::BadLocation { .. }) => CliError::Usage(e.into()),
         InferError::Input { .. } => CliError::Usage(e.into()),
@@ -309,6 +317,9 @@ pub fn run(args: InferArgs) -> CliResult {
             println!("rejected         {:>8}", c.rows_rejected);
             for (reason, n) in &c.rejects_by_reason {
                 println!("  {:<15}{n:>8}", reason.as_str());
+            }
+            for (what, n) in crate::cluster::input_notes(c) {
+                println!("{what:<16} {n:>8}");
             }
             println!("web kept         {:>8} of {} ({:.1}%)", c.web_kept, c.web_texts, pct(c.web_kept, c.web_texts));
             println!(

@@ -55,8 +55,27 @@ enum Command {
     Doctor(doctor::DoctorArgs),
 }
 
+/// The command line: every subcommand takes negative numbers as values, so `--batch-size -1`
+/// is refused for its value rather than read as an unknown flag.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |s| s.allow_negative_numbers(true));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::FromArgMatches;
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -123,5 +142,17 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "undocumented: {missing:?}");
+    }
+
+    #[test]
+    fn a_negative_count_is_refused_for_its_value() {
+        let err = command()
+            .try_get_matches_from(["capfilt", "infer", "--batch-size", "-1"])
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("'-1'") && text.contains("--batch-size") && text.contains("at least 1"),
+            "{text}"
+        );
     }
 }

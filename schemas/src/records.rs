@@ -31,6 +31,20 @@ pub struct ShardCounts {
     /// Rejected rows by reason.
     #[serde(default)]
     pub rejects_by_reason: BTreeMap<RejectReason, u64>,
+    /// Scored rows without a web text (null, empty or blank caption):
+    /// `rows_scored == web_texts + web_missing`.
+    #[serde(default)]
+    pub web_missing: u64,
+    /// Rows whose caption was cut at the worker's `max_caption_chars`.
+    #[serde(default)]
+    pub captions_truncated: u64,
+    /// Rows with a null or empty key, given the key `{file stem}:{row}`.
+    #[serde(default)]
+    pub keys_derived: u64,
+    /// Rows whose key an earlier row of the same shard had (both are processed; readers
+    /// that join on keys should know).
+    #[serde(default)]
+    pub keys_duplicated: u64,
 }
 
 impl ShardCounts {
@@ -43,6 +57,10 @@ impl ShardCounts {
         self.web_kept += other.web_kept;
         self.synthetic_texts += other.synthetic_texts;
         self.synthetic_kept += other.synthetic_kept;
+        self.web_missing += other.web_missing;
+        self.captions_truncated += other.captions_truncated;
+        self.keys_derived += other.keys_derived;
+        self.keys_duplicated += other.keys_duplicated;
         for (reason, n) in &other.rejects_by_reason {
             *self.rejects_by_reason.entry(*reason).or_default() += n;
         }
@@ -52,6 +70,7 @@ impl ShardCounts {
     pub fn is_consistent(&self) -> bool {
         self.rows_in == self.rows_scored + self.rows_rejected
             && self.rows_rejected == self.rejects_by_reason.values().sum::<u64>()
+            && self.rows_scored == self.web_texts + self.web_missing
             && self.web_kept <= self.web_texts
             && self.synthetic_kept <= self.synthetic_texts
     }

@@ -249,7 +249,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
                     return;
                 }
             };
-            let rows = rows_of(&batch, &columns, next_row, &stem);
+            let rows = rows_of(&batch, &columns, next_row, &stem, limits.max_caption_chars);
             next_row += batch.num_rows() as u64;
             let t = Instant::now();
             let prepared = rows
@@ -273,6 +273,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
     });
 
     let mut tables = ShardTables::new(engine.params.round, read.with_images);
+    let mut seen_keys = std::collections::HashSet::new();
     let mut stats = ShardStats::default();
     let mut timings = StepTimings::default();
     let mut failure = None;
@@ -319,6 +320,11 @@ pub fn process_reader<R: ChunkReader + 'static>(
         };
         let mut judged = judged.into_iter();
         for (row, rejected) in chunk.rows.iter().zip(results) {
+            let duplicate = !seen_keys.insert(row.key.clone());
+            if duplicate {
+                tracing::warn!(key = %row.key, file = source, row = row.row, "duplicate key in the shard");
+            }
+            tables.note_input(row.key_derived, row.caption_truncated, duplicate);
             let src = SourceRef {
                 key: row.key.clone(),
                 url: row.url.clone(),
@@ -510,7 +516,13 @@ pub fn read_rows(
     let mut rows = Vec::new();
     for batch in builder.build().map_err(|e| input_err(e.to_string()))? {
         let batch = batch.map_err(|e| input_err(e.to_string()))?;
-        rows.extend(rows_of(&batch, &columns, rows.len() as u64, &stem));
+        rows.extend(rows_of(
+            &batch,
+            &columns,
+            rows.len() as u64,
+            &stem,
+            crate::input::DEFAULT_MAX_CAPTION_CHARS,
+        ));
         if rows.len() >= limit {
             rows.truncate(limit);
             break;

@@ -19,6 +19,29 @@ pub struct InputRow {
     pub caption: Option<String>,
     /// Encoded image bytes.
     pub image: Option<Vec<u8>>,
+    /// The key was null or empty and was derived from the file and row.
+    pub key_derived: bool,
+    /// The caption was cut at the length cap.
+    pub caption_truncated: bool,
+}
+
+/// Default cap on a caption's length, in characters (web alt-texts are rarely over a few
+/// hundred; the filter reads only the first 35 tokens).
+pub const DEFAULT_MAX_CAPTION_CHARS: usize = 1000;
+
+/// The caption as the step uses it: `None` when null, empty or blank, cut at `max_chars`
+/// characters (on a character boundary); and whether it was cut.
+pub fn clean_caption(raw: Option<String>, max_chars: usize) -> (Option<String>, bool) {
+    let Some(mut text) = raw.filter(|t| !t.trim().is_empty()) else {
+        return (None, false);
+    };
+    match text.char_indices().nth(max_chars.max(1)) {
+        Some((cut, _)) => {
+            text.truncate(cut);
+            (Some(text), true)
+        }
+        None => (Some(text), false),
+    }
 }
 
 fn string_at(col: &dyn Array, i: usize) -> Option<String> {
@@ -45,12 +68,14 @@ fn bytes_at(col: &dyn Array, i: usize) -> Option<Vec<u8>> {
     }
 }
 
-/// The rows of `batch`, whose first row is row `first_row` of the file `file_stem`.
+/// The rows of `batch`, whose first row is row `first_row` of the file `file_stem`, with
+/// captions cut at `max_caption_chars`.
 pub fn rows_of(
     batch: &RecordBatch,
     columns: &InputColumns,
     first_row: u64,
     file_stem: &str,
+    max_caption_chars: usize,
 ) -> Vec<InputRow> {
     let col = |i: Option<usize>| i.map(|i| batch.column(i).as_ref());
     let (key, url, image) = (col(columns.key), col(columns.url), col(columns.image));
@@ -58,15 +83,44 @@ pub fn rows_of(
     (0..batch.num_rows())
         .map(|i| {
             let row = first_row + i as u64;
+            let given = key.and_then(|c| string_at(c, i)).filter(|k| !k.is_empty());
+            let key_derived = given.is_none();
+            let (caption, caption_truncated) =
+                clean_caption(string_at(caption, i), max_caption_chars);
             InputRow {
                 row,
-                key: key
-                    .and_then(|c| string_at(c, i))
-                    .unwrap_or_else(|| format!("{file_stem}:{row}")),
+                key: given.unwrap_or_else(|| format!("{file_stem}:{row}")),
                 url: url.and_then(|c| string_at(c, i)),
-                caption: string_at(caption, i),
+                caption,
                 image: image.and_then(|c| bytes_at(c, i)),
+                key_derived,
+                caption_truncated,
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_are_cut_on_character_boundaries_and_blank_ones_are_missing() {
+        assert_eq!(clean_caption(None, 10), (None, false));
+        assert_eq!(clean_caption(Some(String::new()), 10), (None, false));
+        assert_eq!(clean_caption(Some(" \t\n".into()), 10), (None, false));
+        assert_eq!(
+            clean_caption(Some("a red circle".into()), 100),
+            (Some("a red circle".into()), false)
+        );
+        // Multi-byte characters: 5 characters kept, never half of one.
+        assert_eq!(
+            clean_caption(Some("日本語のキャプション".into()), 5),
+            (Some("日本語のキ".into()), true)
+        );
+        let huge = "x".repeat(1 << 20);
+        let (cut, truncated) = clean_caption(Some(huge), DEFAULT_MAX_CAPTION_CHARS);
+        assert!(truncated);
+        assert_eq!(cut.map(|c| c.len()), Some(DEFAULT_MAX_CAPTION_CHARS));
+    }
 }

@@ -139,10 +139,24 @@ impl ShardTables {
         }
     }
 
+    /// Notes what was done to an input row's key and caption, and whether its key repeats one
+    /// seen before in the shard.
+    pub fn note_input(&mut self, key_derived: bool, caption_truncated: bool, duplicate: bool) {
+        self.counts.keys_derived += u64::from(key_derived);
+        self.counts.captions_truncated += u64::from(caption_truncated);
+        self.counts.keys_duplicated += u64::from(duplicate);
+    }
+
     /// Records an image's judged texts (`image` is its encoded bytes, for `with_images`).
     pub fn push_scored(&mut self, src: &SourceRef, judged: &[Judged], image: Option<&[u8]>) {
         self.counts.rows_in += 1;
         self.counts.rows_scored += 1;
+        if !judged
+            .iter()
+            .any(|j| j.origin == capfilt_schemas::outputs::Origin::Web)
+        {
+            self.counts.web_missing += 1;
+        }
         for j in judged {
             match j.origin {
                 capfilt_schemas::outputs::Origin::Web => {

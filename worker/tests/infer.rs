@@ -216,7 +216,8 @@ fn every_row_is_scored_or_rejected_exactly_once() {
             Some(_) => assert!(seen.contains(&r.key), "{} not rejected", r.key),
             None => {
                 let (web, syn) = per_key.get(&r.key).copied().unwrap_or_default();
-                assert_eq!(web, usize::from(r.caption.is_some()), "{}", r.key);
+                let has_text = r.caption.as_deref().is_some_and(|c| !c.trim().is_empty());
+                assert_eq!(web, usize::from(has_text), "{}", r.key);
                 assert_eq!(syn, 2, "{}: two synthetic candidates", r.key);
             }
         }
@@ -273,4 +274,80 @@ fn a_file_that_does_not_fit_the_mapping_names_file_and_column() {
         msg.contains("s3://bucket/laion.parquet") && msg.contains("caption"),
         "{msg}"
     );
+}
+
+/// Rows a new user's data has: an empty key, a repeated key, a null and an empty caption, a
+/// caption far over the cap, a valid JPEG with bytes after its end. None is lost; each is
+/// counted for the manifest.
+#[test]
+fn odd_keys_and_captions_are_processed_and_counted() {
+    let config = SynthConfig {
+        max_side: 160,
+        ..SynthConfig::new("unused")
+    };
+    let image = |i: u64| make_row(&config, Split::Web, i, false).expect("row").image;
+    let mut trailing = image(5);
+    trailing.extend(std::iter::repeat_n(0x42u8, 10_000));
+    let row = |key: &str, caption: Option<String>, image: Vec<u8>| Input {
+        key: key.into(),
+        caption,
+        image: Some(image),
+        expect: None,
+    };
+    let rows = vec![
+        row("", Some("a red circle".into()), image(0)),
+        row("dup", Some("a blue square".into()), image(1)),
+        row("dup", Some("a green star".into()), image(2)),
+        row("null-caption", None, image(3)),
+        row("empty-caption", Some("  ".into()), image(4)),
+        row("long", Some("word ".repeat(1000)), image(6)),
+        row("trailing-bytes", Some("a shape".into()), trailing),
+    ];
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("part-00000.parquet");
+    write_parquet(&rows, &path);
+    let read = ReadOptions {
+        limits: capfilt_worker::preprocess::ImageLimits {
+            max_caption_chars: 100,
+            ..Default::default()
+        },
+        ..ReadOptions::default()
+    };
+    let (tables, _) = process_parquet(&path, "web/part-00000.parquet", None, &mut engine(), &read)
+        .expect("process");
+    let c = &tables.counts;
+    assert_eq!(
+        (c.rows_in, c.rows_scored, c.rows_rejected),
+        (7, 7, 0),
+        "all scored, the JPEG with trailing bytes too (Pillow decodes it): {c:?}"
+    );
+    assert_eq!(c.keys_derived, 1);
+    assert_eq!(c.keys_duplicated, 1);
+    assert_eq!(c.web_missing, 2, "null and blank captions");
+    assert_eq!(c.web_texts, 5);
+    assert_eq!(c.captions_truncated, 1);
+    assert!(c.is_consistent());
+    let scored = &tables.scored;
+    let keys = scored
+        .column_by_name("key")
+        .expect("key")
+        .as_string::<i32>();
+    let texts = scored
+        .column_by_name("text")
+        .expect("text")
+        .as_string::<i32>();
+    let origin = scored
+        .column_by_name("origin")
+        .expect("o")
+        .as_string::<i32>();
+    let mut long = None;
+    let mut derived = false;
+    for i in 0..scored.num_rows() {
+        if keys.value(i) == "long" && origin.value(i) == "web" {
+            long = Some(texts.value(i).chars().count());
+        }
+        derived |= keys.value(i) == "part-00000:0";
+    }
+    assert_eq!(long, Some(100), "the long caption is cut to the cap");
+    assert!(derived, "the empty key becomes file stem and row");
 }

@@ -21,7 +21,7 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageReader};
 
 pub use resize::{Filter, resize_rgb8};
 
-/// Limits applied to every input image.
+/// Limits applied to every input row: its image, and its caption's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageLimits {
     /// Largest accepted encoded size, bytes.
@@ -30,15 +30,20 @@ pub struct ImageLimits {
     pub max_pixels: u64,
     /// Smallest accepted side, pixels.
     pub min_side: u32,
+    /// Longer captions are cut to this many characters (counted in the shard's
+    /// `captions_truncated`).
+    pub max_caption_chars: usize,
 }
 
 impl Default for ImageLimits {
-    /// 32 MiB encoded, 89.5 Mpx decoded (Pillow's decompression-bomb threshold), 1 px sides.
+    /// 32 MiB encoded, 89.5 Mpx decoded (Pillow's decompression-bomb threshold), 1 px sides,
+    /// captions of 1,000 characters.
     fn default() -> Self {
         Self {
             max_encoded_bytes: 32 << 20,
             max_pixels: 89_478_485,
             min_side: 1,
+            max_caption_chars: crate::input::DEFAULT_MAX_CAPTION_CHARS,
         }
     }
 }
@@ -161,9 +166,15 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
 
 /// Whether a JPEG stream has its end-of-image marker (FF D9) near its end (trailing bytes after
 /// it are tolerated, as Pillow does).
+/// Whether the JPEG has an end-of-image marker after its first scan. Inside entropy-coded
+/// data a 0xFF byte is always followed by 0x00 or a restart marker, so an FF D9 after the
+/// start of scan is the real end, however many bytes trail it (Pillow ignores trailing
+/// bytes too); an EXIF thumbnail's own end marker comes before the main scan.
 fn has_jpeg_end(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    tail.windows(2).any(|w| w == [0xff, 0xd9])
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xff, 0xda]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xff, 0xd9])
 }
 
 /// RGB8 the way HF's `BlipImageProcessor` makes it (`convert_to_rgb`): an image with an alpha
