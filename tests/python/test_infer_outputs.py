@@ -69,8 +69,12 @@ def test_scored_has_the_web_text_and_two_synthetic_texts_per_image(run) -> None:
     per_image = con.execute(
         "select key, count(*) filter (where origin = 'web') w, count(*) filter (where origin = 'synthetic') s "
         "from scored group by key").fetchall()
-    assert len(per_image) == run["summary"]["counts"]["rows_scored"]
-    assert all(w == 1 and s == 2 for _, w, s in per_image)
+    c = run["summary"]["counts"]
+    assert len(per_image) == c["rows_scored"]
+    # A blank caption is no web text (counted as web_missing); every other image has one.
+    captions = dict(zip(run["input"]["key"].to_pylist(), run["input"]["caption"].to_pylist()))
+    assert all(w == (1 if (captions[k] or "").strip() else 0) and s == 2 for k, w, s in per_image)
+    assert c["rows_scored"] == c["web_texts"] + c["web_missing"]
     seeds = con.execute("select count(*) from scored where origin = 'synthetic' and seed is null").fetchone()[0]
     assert seeds == 0
     assert con.execute("select min(itm_prob) >= 0 and max(itm_prob) <= 1 from scored").fetchone()[0]

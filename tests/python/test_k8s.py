@@ -178,6 +178,7 @@ METRICS = {
     "capfilt_coordinator_rejects_total", "capfilt_coordinator_workers", "capfilt_coordinator_round",
     "capfilt_coordinator_run_phase", "capfilt_coordinator_round_rows",
     "capfilt_coordinator_rpc_duration_seconds", "capfilt_coordinator_ready",
+    "capfilt_coordinator_workers_excluded_total",
     "capfilt_worker_images_processed_total", "capfilt_worker_rows_committed_total", "capfilt_worker_texts_total",
     "capfilt_worker_texts_kept_total", "capfilt_worker_rejects_total", "capfilt_worker_shards_total",
     "capfilt_worker_stage_seconds", "capfilt_worker_batch_images", "capfilt_worker_decode_queue_depth",

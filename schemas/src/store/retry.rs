@@ -5,9 +5,11 @@
 //!
 //! - `get`: a body that breaks off mid-stream resumes from the byte it reached with a ranged
 //!   read pinned to the object's ETag (so a replaced object is never spliced in).
-//! - create-only `put`: when a try fails ambiguously and a retry then finds the object there,
-//!   the object is read back; if it holds this write's bytes, the write is ours and succeeds.
-//!   Anything else stays `AlreadyExists`.
+//! - create-only `put`: when the object is there already (a retry after a try whose response
+//!   was lost, here or in the client's own HTTP retries), it is read back; if it holds this
+//!   write's bytes, the write is ours and succeeds. Anything else stays `AlreadyExists`.
+//!   capfilt's create-only objects (commit records, fencing epochs, probes) carry unique
+//!   content, so equal bytes mean this very write.
 //! - `delete`: a retry that finds the object gone counts as deleted.
 //! - `list`: a listing that fails is started again.
 //!
@@ -244,15 +246,15 @@ impl ObjectStore for RetryStore {
     ) -> Result<PutResult> {
         let create = matches!(opts.mode, PutMode::Create);
         let mut retry = 0;
-        let mut ambiguous = false;
         loop {
             match self
                 .inner
                 .put_opts(location, payload.clone(), opts.clone())
                 .await
             {
-                Err(e @ Error::AlreadyExists { .. }) if create && ambiguous => {
-                    // An earlier try may have landed before its response was lost.
+                Err(e @ Error::AlreadyExists { .. }) if create => {
+                    // An earlier try (ours, or the client's own retry) may have landed before
+                    // its response was lost.
                     return match self.holds(location, &payload).await {
                         Some(meta) => {
                             tracing::info!(path = %location, "object store: a create-only write that reported an error had landed; it is this write");
@@ -267,7 +269,6 @@ impl ObjectStore for RetryStore {
                 }
                 Err(e) if is_transient(&e) && retry < self.policy.max_retries => {
                     retry += 1;
-                    ambiguous = true;
                     let wait = self.policy.backoff(retry);
                     tracing::debug!(operation = "writing", path = %location, retry, wait_ms = wait.as_millis() as u64, error = %e, "object store: retrying");
                     tokio::time::sleep(wait).await;
