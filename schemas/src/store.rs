@@ -211,6 +211,44 @@ impl Location {
         Ok(got.bytes().await.map_err(io)?.to_vec())
     }
 
+    /// Streams this object into the local file `dest` (written beside it and renamed, so a
+    /// reader never sees half a file); returns its size.
+    pub async fn copy_to_file(&self, dest: &std::path::Path) -> Result<u64, StoreError> {
+        use futures::StreamExt;
+        use object_store::ObjectStoreExt;
+        use std::io::Write;
+        let io = |source| StoreError::Io {
+            operation: "reading",
+            location: self.display.clone(),
+            source,
+        };
+        let local = |e: std::io::Error| StoreError::BadLocation {
+            location: dest.display().to_string(),
+            message: e.to_string(),
+        };
+        let partial = dest.with_extension(format!("partial-{}", std::process::id()));
+        let mut body = self.store.get(&self.path).await.map_err(io)?.into_stream();
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(local)?);
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(io(e));
+                }
+            };
+            size += chunk.len() as u64;
+            file.write_all(&chunk).map_err(local)?;
+        }
+        file.into_inner()
+            .map_err(|e| local(e.into_error()))?
+            .sync_all()
+            .map_err(local)?;
+        std::fs::rename(&partial, dest).map_err(local)?;
+        Ok(size)
+    }
+
     /// The location of `name` under this prefix.
     pub fn child(&self, name: &str) -> Location {
         let mut path = self.path.clone();

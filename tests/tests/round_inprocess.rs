@@ -443,6 +443,22 @@ mod futures_free {
         }
     }
 
+    /// Uploads a bundle folder's bundle.json and the files it lists under `prefix`.
+    pub async fn upload_bundle(dir: &Path, prefix: &store::Location) {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("bundle.json")).expect("bundle.json"))
+                .expect("json");
+        let files = manifest["files"].as_object().expect("files");
+        for name in files.keys().map(String::as_str).chain(["bundle.json"]) {
+            let loc = prefix.child(name);
+            let bytes = std::fs::read(dir.join(name)).expect("read");
+            loc.store
+                .put(&loc.path, object_store::PutPayload::from(bytes))
+                .await
+                .expect("put");
+        }
+    }
+
     /// Uploads every file of `dir` under `prefix`.
     pub async fn upload(dir: &Path, prefix: &store::Location) {
         for entry in std::fs::read_dir(dir).expect("dir").flatten() {
@@ -466,12 +482,22 @@ async fn the_same_round_runs_against_an_s3_compatible_server() {
     let data = write_dataset(&tmp.path().join("web"), 2, 60, 30);
     let input = store::resolve("s3://capfilt/web", &options).expect("input");
     futures_free::upload(&data.dir, &input).await;
-    let spec = round_spec(
+    let mut spec = round_spec(
         "s3://capfilt/web",
         "s3://capfilt/out/round-0001",
         30,
         options.clone(),
     );
+    // The bundles come from the store too: workers stream them into their caches.
+    for (kind, bundle) in [
+        ("captioner", &mut spec.captioner),
+        ("filter", &mut spec.filter),
+    ] {
+        let url = format!("s3://capfilt/models/{kind}");
+        let prefix = store::resolve(&url, &options).expect("bundle prefix");
+        futures_free::upload_bundle(&seed_bundle(kind), &prefix).await;
+        bundle.url = url;
+    }
     let manifest = run_round(spec, 3, &tmp.path().join("cache")).await;
     let local: PathBuf = tmp.path().join("downloaded");
     let out = store::resolve("s3://capfilt/out/round-0001", &options).expect("output");

@@ -5,6 +5,7 @@
 //! temporary sibling folder and renamed into place once every file is verified, so a worker
 //! killed mid-download never leaves a half bundle that looks complete.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -107,6 +108,107 @@ fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// What identifies a file's contents without reading it: length, modification time and
+/// inode. A file whose identity is unchanged since it was hashed is not hashed again (as build
+/// tools fingerprint sources); any rewrite changes its mtime or inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileIdentity {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(Self {
+            len: m.len(),
+            modified: m.modified().ok(),
+            inode,
+        })
+    }
+}
+
+/// Files hashed by this process: path -> (identity when hashed, sha256).
+fn verified() -> &'static std::sync::Mutex<HashMap<PathBuf, (FileIdentity, String)>> {
+    static VERIFIED: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<PathBuf, (FileIdentity, String)>>,
+    > = std::sync::OnceLock::new();
+    VERIFIED.get_or_init(Default::default)
+}
+
+/// Files actually read and hashed by this process (a test counter: a lease of a bundle
+/// verified before hashes nothing).
+pub fn files_hashed() -> u64 {
+    FILES_HASHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static FILES_HASHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// sha256 of the file at `path`, remembered while the file's identity does not change.
+fn sha256_file_cached(path: &Path) -> std::io::Result<String> {
+    let before = FileIdentity::of(path)?;
+    let remembered = verified()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(path)
+        .filter(|(id, _)| *id == before)
+        .map(|(_, h)| h.clone());
+    if let Some(h) = remembered {
+        return Ok(h);
+    }
+    let h = sha256_file(path)?;
+    FILES_HASHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Remember only when the file did not change while it was read.
+    if FileIdentity::of(path)? == before {
+        remember(path, before, h.clone());
+    }
+    Ok(h)
+}
+
+fn remember(path: &Path, id: FileIdentity, sha256: String) {
+    verified()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_path_buf(), (id, sha256));
+}
+
+/// Streams the object at `loc` into `dest`, hashing it on the way (a graph of gigabytes never
+/// sits in memory); returns its sha256.
+async fn download(loc: &store::Location, dest: &Path) -> Result<String, BundleError> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    use std::io::Write;
+    let io = |source| {
+        BundleError::Store(StoreError::Io {
+            operation: "reading",
+            location: loc.display.clone(),
+            source,
+        })
+    };
+    let cache_err = |e| BundleError::Cache {
+        path: dest.display().to_string(),
+        source: e,
+    };
+    let mut body = loc.store.get(&loc.path).await.map_err(io)?.into_stream();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dest).map_err(cache_err)?);
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(io)?;
+        hasher.update(&chunk);
+        file.write_all(&chunk).map_err(cache_err)?;
+    }
+    file.into_inner()
+        .map_err(|e| cache_err(e.into_error()))?
+        .sync_all()
+        .map_err(cache_err)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
@@ -150,11 +252,12 @@ impl Bundle {
         let manifest = BundleManifest::from_json(&manifest_path.display().to_string(), &text)?;
         for (file, expected) in &manifest.files {
             check_relative(source, file)?;
-            let actual = sha256_file(&dir.join(file)).map_err(|e| BundleError::MissingFile {
-                bundle: source.to_string(),
-                file: file.clone(),
-                message: e.to_string(),
-            })?;
+            let actual =
+                sha256_file_cached(&dir.join(file)).map_err(|e| BundleError::MissingFile {
+                    bundle: source.to_string(),
+                    file: file.clone(),
+                    message: e.to_string(),
+                })?;
             if &actual != expected {
                 return Err(BundleError::HashMismatch {
                     bundle: source.to_string(),
@@ -214,27 +317,46 @@ impl Bundle {
             source,
         };
         std::fs::create_dir_all(&tmp).map_err(|e| cache_err(&tmp, e))?;
+        let mut hashed = Vec::new();
         for file in manifest.files.keys() {
             check_relative(location, file)?;
-            let bytes = get_bytes(&loc.child(file)).await.map_err(|e| match e {
-                BundleError::Store(StoreError::Io { source, .. }) => BundleError::MissingFile {
-                    bundle: location.to_string(),
-                    file: file.clone(),
-                    message: source.to_string(),
-                },
-                other => other,
-            })?;
             let dest = tmp.join(file);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| cache_err(parent, e))?;
             }
-            std::fs::write(&dest, &bytes).map_err(|e| cache_err(&dest, e))?;
+            let actual = download(&loc.child(file), &dest)
+                .await
+                .map_err(|e| match e {
+                    BundleError::Store(StoreError::Io { source, .. }) => BundleError::MissingFile {
+                        bundle: location.to_string(),
+                        file: file.clone(),
+                        message: source.to_string(),
+                    },
+                    other => other,
+                })?;
+            let expected = &manifest.files[file];
+            if &actual != expected {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(BundleError::HashMismatch {
+                    bundle: location.to_string(),
+                    file: file.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            hashed.push((file.clone(), actual));
         }
+        // Every file was verified as it streamed in: publish under the content address.
         std::fs::write(tmp.join(BUNDLE_MANIFEST_FILE), &json).map_err(|e| cache_err(&tmp, e))?;
-        // Verify before publishing under the content address.
-        Self::open_as(&tmp, location)?;
         match std::fs::rename(&tmp, &final_dir) {
-            Ok(()) => {}
+            Ok(()) => {
+                for (file, sha256) in hashed {
+                    let path = final_dir.join(&file);
+                    if let Ok(id) = FileIdentity::of(&path) {
+                        remember(&path, id, sha256);
+                    }
+                }
+            }
             // Another process placed it first: use theirs.
             Err(_) if final_dir.join(BUNDLE_MANIFEST_FILE).is_file() => {
                 let _ = std::fs::remove_dir_all(&tmp);

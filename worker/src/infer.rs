@@ -417,17 +417,14 @@ async fn local_copy(
     if let Some(local) = loc.local {
         return Ok(local);
     }
-    let bytes = loc.get_bytes().await?;
     let dir = cache_dir.join("inputs");
     std::fs::create_dir_all(&dir).map_err(|e| InferError::Input {
         file: location.to_string(),
         message: format!("cache {}: {e}", dir.display()),
     })?;
     let path = dir.join(format!("{:x}.parquet", Sha256::digest(location.as_bytes())));
-    std::fs::write(&path, &bytes).map_err(|e| InferError::Input {
-        file: location.to_string(),
-        message: format!("cache {}: {e}", path.display()),
-    })?;
+    // Streamed to disk: an input file never sits whole in memory.
+    loc.copy_to_file(&path).await?;
     Ok(path)
 }
 

@@ -156,6 +156,8 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
             ),
         ));
     }
+    // Decoder memory across every decoding thread of the process is bounded: wait for room.
+    let _room = decode_budget::reserve(pixels);
     let mut alloc = image::Limits::default();
     // Decoded buffer (up to 16 bytes a pixel) plus decoder working memory.
     alloc.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
@@ -164,8 +166,6 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     Ok(to_rgb(image))
 }
 
-/// Whether a JPEG stream has its end-of-image marker (FF D9) near its end (trailing bytes after
-/// it are tolerated, as Pillow does).
 /// Whether the JPEG has an end-of-image marker after its first scan. Inside entropy-coded
 /// data a 0xFF byte is always followed by 0x00 or a restart marker, so an FF D9 after the
 /// start of scan is the real end, however many bytes trail it (Pillow ignores trailing
@@ -424,6 +424,85 @@ mod tests {
         for c in 0..3 {
             let want = (1.0 - p.mean[c]) / p.std[c];
             assert!((px[c * 4] - want).abs() < 1e-6);
+        }
+    }
+}
+
+/// A process-wide bound on the pixels being decoded at once, over every thread and every
+/// shard: without it, N decoding threads that meet N images at the pixel limit hold N times
+/// the largest decoded buffer. An image larger than the whole budget waits until it can
+/// decode alone.
+pub mod decode_budget {
+    use std::sync::{Condvar, Mutex};
+
+    /// Pixels that may be decoded at once: 256 Mpx (1 to 4 GiB of decoder buffers).
+    pub const DEFAULT_PIXELS: u64 = 256 << 20;
+
+    struct Budget {
+        in_use: Mutex<u64>,
+        freed: Condvar,
+    }
+
+    static BUDGET: Budget = Budget {
+        in_use: Mutex::new(0),
+        freed: Condvar::new(),
+    };
+
+    /// Room for `pixels` until dropped.
+    #[derive(Debug)]
+    pub struct Room(u64);
+
+    /// Waits until `pixels` (at most the whole budget) fit, and takes them.
+    pub fn reserve(pixels: u64) -> Room {
+        let want = pixels.min(DEFAULT_PIXELS);
+        let mut in_use = BUDGET.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        while *in_use + want > DEFAULT_PIXELS {
+            in_use = BUDGET.freed.wait(in_use).unwrap_or_else(|p| p.into_inner());
+        }
+        *in_use += want;
+        Room(want)
+    }
+
+    /// Pixels reserved right now.
+    pub fn in_use() -> u64 {
+        *BUDGET.in_use.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    impl Drop for Room {
+        fn drop(&mut self) {
+            let mut in_use = BUDGET.in_use.lock().unwrap_or_else(|p| p.into_inner());
+            *in_use -= self.0;
+            BUDGET.freed.notify_all();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn decoding_threads_never_hold_more_than_the_budget() {
+            let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let peak = peak.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..20 {
+                            let _room = reserve(DEFAULT_PIXELS / 3);
+                            peak.fetch_max(in_use(), std::sync::atomic::Ordering::SeqCst);
+                            std::thread::yield_now();
+                        }
+                        // Larger than the budget: decodes alone.
+                        let _alone = reserve(DEFAULT_PIXELS * 4);
+                        peak.fetch_max(in_use(), std::sync::atomic::Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("thread");
+            }
+            // (Other tests decode in this process too: the bound holds for all of them.)
+            assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= DEFAULT_PIXELS);
         }
     }
 }
