@@ -58,7 +58,7 @@ pub async fn serve(
 }
 
 async fn status_page(State(page): State<Page>) -> Response {
-    let status = page.service.status();
+    let status = page.service.status(true);
     let ready = page.service.health().ready();
     (
         [(header::CACHE_CONTROL, "no-store")],

@@ -125,7 +125,7 @@ pub struct StateCollector(pub CoordinatorService);
 
 impl capfilt_telemetry::Collector for StateCollector {
     fn collect(&self) {
-        let s = self.0.status();
+        let s = self.0.status(false);
         let counts = s.shards.unwrap_or_default();
         for (state, n) in [
             ("pending", counts.pending),

@@ -166,14 +166,38 @@ impl Registry {
             .filter(|e| e.until > now)
     }
 
-    /// Workers that take new leases: heard from within `horizon`, accepting, not excluded.
-    pub fn schedulable(&self, now: Instant, horizon: Duration) -> Vec<String> {
+    fn schedulable_entries(
+        &self,
+        now: Instant,
+        horizon: Duration,
+    ) -> impl Iterator<Item = &WorkerEntry> {
         self.workers
             .values()
-            .filter(|w| now.saturating_duration_since(w.last_seen) <= horizon && w.accepting)
-            .filter(|w| w.excluded.as_ref().is_none_or(|e| e.until <= now))
+            .filter(move |w| now.saturating_duration_since(w.last_seen) <= horizon && w.accepting)
+            .filter(move |w| w.excluded.as_ref().is_none_or(|e| e.until <= now))
+    }
+
+    /// Workers that take new leases: heard from within `horizon`, accepting, not excluded.
+    pub fn schedulable(&self, now: Instant, horizon: Duration) -> Vec<String> {
+        self.schedulable_entries(now, horizon)
             .map(|w| w.info.worker_id.clone())
             .collect()
+    }
+
+    /// Whether any worker takes new leases.
+    pub fn any_schedulable(&self, now: Instant, horizon: Duration) -> bool {
+        self.schedulable_entries(now, horizon).next().is_some()
+    }
+
+    /// Whether a worker that takes new leases is not among `failed_on`.
+    pub fn schedulable_outside(
+        &self,
+        failed_on: &[String],
+        now: Instant,
+        horizon: Duration,
+    ) -> bool {
+        self.schedulable_entries(now, horizon)
+            .any(|w| !failed_on.contains(&w.info.worker_id))
     }
 
     /// Whether `worker_id` is registered.

@@ -124,10 +124,28 @@ pub struct Round {
     plan: Plan,
     states: Vec<ShardState>,
     index: HashMap<String, usize>,
-    commits: HashMap<String, CommitRecord>,
+    /// Counts of each committed shard, by plan index (all the manifest needs of a commit
+    /// record: a round of 100,000 shards does not keep 100,000 records in memory).
+    commits: HashMap<usize, ShardCounts>,
     manifest_written: bool,
     /// Shards whose scheduling history changed since the last [`Round::take_attempts`].
     dirty: std::collections::BTreeSet<usize>,
+    /// Indexes kept beside `states` so that no call scans the whole plan: pending shards (in
+    /// plan order), leased shards, shards per state, and rows of committed shards.
+    pending: std::collections::BTreeSet<usize>,
+    leased: std::collections::BTreeSet<usize>,
+    per_state: [usize; 4],
+    committed_rows: u64,
+    planned_rows: u64,
+}
+
+fn state_slot(s: &ShardState) -> usize {
+    match s {
+        ShardState::Pending { .. } => 0,
+        ShardState::Leased { .. } => 1,
+        ShardState::Committed { .. } => 2,
+        ShardState::Quarantined { .. } => 3,
+    }
 }
 
 /// `{round}/_plan.json`: the plan a round was opened with, created once (create-only) and
@@ -260,7 +278,15 @@ impl Round {
             commits: HashMap::new(),
             manifest_written: false,
             dirty: Default::default(),
+            pending: Default::default(),
+            leased: Default::default(),
+            per_state: [0; 4],
+            committed_rows: 0,
+            planned_rows: 0,
         };
+        round.planned_rows = round.plan.rows();
+        round.pending = (0..round.states.len()).collect();
+        round.per_state[0] = round.states.len();
         let commits = round.out.child("_commits");
         let listed: Vec<object_store::ObjectMeta> = commits
             .store
@@ -386,20 +412,70 @@ impl Round {
 
     /// Shards in state `name`.
     pub fn count(&self, name: &str) -> usize {
-        self.states.iter().filter(|s| s.name() == name).count()
+        match name {
+            "pending" => self.per_state[0],
+            "leased" => self.per_state[1],
+            "committed" => self.per_state[2],
+            "quarantined" => self.per_state[3],
+            _ => 0,
+        }
+    }
+
+    /// Rows of the plan.
+    pub fn planned_rows(&self) -> u64 {
+        self.planned_rows
     }
 
     /// Rows of committed shards.
     pub fn rows_committed(&self) -> u64 {
-        self.shards()
-            .filter(|(_, s)| matches!(s, ShardState::Committed { .. }))
-            .map(|(r, _)| r.num_rows)
+        self.committed_rows
+    }
+
+    /// Rows reported done by the workers holding leases.
+    pub fn rows_in_progress(&self) -> u64 {
+        self.leased
+            .iter()
+            .map(|&i| match &self.states[i] {
+                ShardState::Leased { rows_done, .. } => *rows_done,
+                _ => 0,
+            })
             .sum()
     }
 
     /// Every shard committed or quarantined.
     pub fn is_done(&self) -> bool {
-        self.states.iter().all(ShardState::is_final)
+        self.per_state[0] + self.per_state[1] == 0
+    }
+
+    /// Puts shard `i` in state `next`, keeping the indexes in step.
+    fn set_state(&mut self, i: usize, next: ShardState) {
+        let (from, to) = (state_slot(&self.states[i]), state_slot(&next));
+        if from != to {
+            self.per_state[from] -= 1;
+            self.per_state[to] += 1;
+            let rows = self.plan.shards[i].num_rows;
+            match from {
+                0 => {
+                    self.pending.remove(&i);
+                }
+                1 => {
+                    self.leased.remove(&i);
+                }
+                2 => self.committed_rows -= rows,
+                _ => {}
+            }
+            match to {
+                0 => {
+                    self.pending.insert(i);
+                }
+                1 => {
+                    self.leased.insert(i);
+                }
+                2 => self.committed_rows += rows,
+                _ => {}
+            }
+        }
+        self.states[i] = next;
     }
 
     /// Whether the manifest is written.
@@ -429,12 +505,15 @@ impl Round {
                     tracing::warn!(shard = %self.plan.shards[i].shard_id, error = %last_error, "shard quarantined");
                     metrics::counter!(crate::metrics::SHARDS_QUARANTINED).increment(1);
                 }
-                let persist = !matches!(event, Event::Heartbeat { .. } | Event::Committed { .. })
-                    && next != self.states[i];
+                // Failures and quarantine are persisted (not every lease: attempt numbers need
+                // not survive a restart, file names are unique per attempt anyway).
+                let persist = next.history() != self.states[i].history()
+                    && !matches!(next, ShardState::Committed { .. })
+                    && !matches!(next, ShardState::Leased { .. });
                 if persist {
                     self.dirty.insert(i);
                 }
-                self.states[i] = next;
+                self.set_state(i, next);
                 true
             }
             Err(_) => false,
@@ -497,7 +576,7 @@ impl Round {
         if !matches!(self.states[i], ShardState::Pending { .. }) {
             return;
         }
-        self.states[i] = if record.quarantined {
+        let next = if record.quarantined {
             ShardState::Quarantined {
                 attempts: record.attempts,
                 last_error: record.last_error.unwrap_or_default(),
@@ -513,29 +592,33 @@ impl Round {
                 },
             }
         };
+        self.set_state(i, next);
     }
 
-    /// Leases up to `n` pending shards to `worker`. A shard that failed on `worker` before
-    /// is left for another of the `live` workers while one of them has not failed it.
+    /// Leases up to `n` pending shards to `worker`, in plan order. A shard that failed on
+    /// `worker` before is left alone while `elsewhere` says another worker can take it.
     pub fn lease(
         &mut self,
         worker: &str,
         n: usize,
         now: Instant,
         timeout: Duration,
-        live: &[String],
+        elsewhere: &dyn Fn(&History) -> bool,
     ) -> Vec<Granted> {
         let mut out = Vec::new();
-        for i in 0..self.states.len() {
-            if out.len() >= n {
-                break;
-            }
-            let ShardState::Pending { history, .. } = &self.states[i] else {
-                continue;
+        let mut skipped = Vec::new();
+        while out.len() < n {
+            // The first pending shard not skipped yet (the set changes as shards are leased).
+            let next = match skipped.last() {
+                None => self.pending.first().copied(),
+                Some(&after) => self.pending.range(after + 1..).next().copied(),
             };
-            if history.failed_on(worker)
-                && live.iter().any(|w| w != worker && !history.failed_on(w))
+            let Some(i) = next else { break };
+            if let ShardState::Pending { history, .. } = &self.states[i]
+                && history.failed_on(worker)
+                && elsewhere(history)
             {
+                skipped.push(i);
                 continue;
             }
             let event = Event::Lease {
@@ -548,6 +631,8 @@ impl Round {
                     attempt: self.states[i].attempts(),
                     deadline_unix_ms: unix_ms() + timeout.as_millis() as u64,
                 });
+            } else {
+                skipped.push(i);
             }
         }
         out
@@ -620,7 +705,8 @@ impl Round {
 
     /// Expires leases past their deadline.
     pub fn tick(&mut self, now: Instant) {
-        for i in 0..self.states.len() {
+        let leased: Vec<usize> = self.leased.iter().copied().collect();
+        for i in leased {
             self.apply(i, &Event::Tick { now });
         }
     }
@@ -655,11 +741,14 @@ impl Round {
             // No later attempt can commit over it: give the shard up, saying why.
             tracing::error!(error = %e, "a commit record that does not belong to this round");
             let attempts = self.states[i].attempts();
-            self.states[i] = ShardState::Quarantined {
-                attempts,
-                last_error: e.to_string(),
-                failed_on: Vec::new(),
-            };
+            self.set_state(
+                i,
+                ShardState::Quarantined {
+                    attempts,
+                    last_error: e.to_string(),
+                    failed_on: Vec::new(),
+                },
+            );
             self.dirty.insert(i);
             return false;
         }
@@ -679,7 +768,7 @@ impl Round {
             if live {
                 crate::metrics::commit_counted(&record.counts);
             }
-            self.commits.insert(record.shard.shard_id.clone(), record);
+            self.commits.insert(i, record.counts);
         }
         applied
     }
@@ -688,10 +777,10 @@ impl Round {
     pub fn manifest(&self) -> RoundManifest {
         let mut totals = ShardCounts::default();
         let mut shards = Vec::with_capacity(self.states.len());
-        for (shard, state) in self.shards() {
-            let commit = self.commits.get(&shard.shard_id);
+        for (i, (shard, state)) in self.shards().enumerate() {
+            let commit = self.commits.get(&i);
             if let Some(c) = commit {
-                totals.add(&c.counts);
+                totals.add(c);
             }
             shards.push(ShardOutcome {
                 shard: shard.clone(),
@@ -702,7 +791,7 @@ impl Round {
                 },
                 attempts: state.attempts(),
                 commit: commit.map(|_| commit_path(&shard.shard_id)),
-                counts: commit.map(|c| c.counts.clone()),
+                counts: commit.cloned(),
                 last_error: state.last_error().map(str::to_string),
             });
         }

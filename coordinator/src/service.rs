@@ -267,8 +267,9 @@ impl CoordinatorService {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What `GetStatus` answers: the run, the round's shards, the workers.
-    pub fn status(&self) -> v1::GetStatusResponse {
+    /// What `GetStatus` answers: the run, the round's shard counts, the workers, and with
+    /// `include_shards` one entry per shard (the only part whose cost grows with the plan).
+    pub fn status(&self, include_shards: bool) -> v1::GetStatusResponse {
         let view = self.run_view();
         let serving = self.round().is_some_and(|r| !r.manifest_written());
         let now = Instant::now();
@@ -317,39 +318,39 @@ impl CoordinatorService {
                     committed: r.count("committed") as u64,
                     quarantined: r.count("quarantined") as u64,
                 };
-                let mut done = r.rows_committed();
-                let list = r
-                    .shards()
-                    .map(|(shard, state)| {
-                        let (st, worker, rows) = match state {
-                            ShardState::Pending { .. } => {
-                                (v1::ShardState::Pending, String::new(), 0)
+                let done = r.rows_committed() + r.rows_in_progress();
+                let list = if !include_shards {
+                    Vec::new()
+                } else {
+                    r.shards()
+                        .map(|(shard, state)| {
+                            let (st, worker, rows) = match state {
+                                ShardState::Pending { .. } => {
+                                    (v1::ShardState::Pending, String::new(), 0)
+                                }
+                                ShardState::Leased {
+                                    worker, rows_done, ..
+                                } => (v1::ShardState::Leased, worker.clone(), *rows_done),
+                                ShardState::Committed { .. } => {
+                                    (v1::ShardState::Committed, String::new(), shard.num_rows)
+                                }
+                                ShardState::Quarantined { .. } => {
+                                    (v1::ShardState::Quarantined, String::new(), 0)
+                                }
+                            };
+                            v1::ShardStatus {
+                                shard_id: shard.shard_id.clone(),
+                                state: st.into(),
+                                attempt: state.attempts(),
+                                worker_id: worker,
+                                rows_done: rows,
+                                rows_total: shard.num_rows,
+                                last_error: state.last_error().unwrap_or_default().to_string(),
                             }
-                            ShardState::Leased {
-                                worker, rows_done, ..
-                            } => {
-                                done += rows_done;
-                                (v1::ShardState::Leased, worker.clone(), *rows_done)
-                            }
-                            ShardState::Committed { .. } => {
-                                (v1::ShardState::Committed, String::new(), shard.num_rows)
-                            }
-                            ShardState::Quarantined { .. } => {
-                                (v1::ShardState::Quarantined, String::new(), 0)
-                            }
-                        };
-                        v1::ShardStatus {
-                            shard_id: shard.shard_id.clone(),
-                            state: st.into(),
-                            attempt: state.attempts(),
-                            worker_id: worker,
-                            rows_done: rows,
-                            rows_total: shard.num_rows,
-                            last_error: state.last_error().unwrap_or_default().to_string(),
-                        }
-                    })
-                    .collect();
-                (r.spec().round, counts, r.plan().rows(), done, list)
+                        })
+                        .collect()
+                };
+                (r.spec().round, counts, r.planned_rows(), done, list)
             }
         };
         v1::GetStatusResponse {
@@ -410,15 +411,15 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         check_protocol_version(req.protocol_version)?;
         let now = Instant::now();
-        let (excluded, schedulable) = {
+        let horizon = self.timing.lease_timeout;
+        let may_lease = {
             let mut registry = self.registry();
             if registry.heartbeat(&req, now).is_none() {
                 return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
             }
-            (
-                registry.exclusion(&req.worker_id, now).is_some(),
-                registry.schedulable(now, self.timing.lease_timeout),
-            )
+            // An excluded worker gets nothing while another worker can take the work.
+            registry.exclusion(&req.worker_id, now).is_none()
+                || !registry.any_schedulable(now, horizon)
         };
         let Some(mut round) = self.round() else {
             // No round is being served (none planned, or between rounds), so no lease a worker
@@ -481,15 +482,22 @@ impl Coordinator for CoordinatorService {
             }
         }
         let mut new_leases = Vec::new();
-        // An excluded worker gets nothing while another worker can take the work.
-        let may_lease = !excluded || schedulable.is_empty();
         if req.accepting && req.free_slots > 0 && may_lease {
+            // Only shards that failed on this worker ask the registry (round, then registry:
+            // no handler takes them the other way round).
+            let registry = self.registry.clone();
+            let elsewhere = |h: &crate::shard::History| {
+                registry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .schedulable_outside(&h.failed_on, now, horizon)
+            };
             for g in round.lease(
                 &req.worker_id,
                 req.free_slots as usize,
                 now,
                 timeout,
-                &schedulable,
+                &elsewhere,
             ) {
                 tracing::info!(worker = %req.worker_id, shard = %g.shard.shard_id, attempt = g.attempt, rows = g.shard.num_rows, "shard leased");
                 new_leases.push(self.lease_message(&round, g));
@@ -652,6 +660,7 @@ impl Coordinator for CoordinatorService {
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
         check_protocol_version(request.get_ref().protocol_version)?;
-        Ok(Response::new(self.status()))
+        let include_shards = request.get_ref().include_shards;
+        Ok(Response::new(self.status(include_shards)))
     }
 }
