@@ -183,6 +183,8 @@ fn worker_config(
     w.store_options = file.store_options();
     w.limits = options.limits();
     w.drain_timeout = Duration::from_secs(drain.or(file.worker.drain_timeout_s).unwrap_or(300));
+    w.security = file.client_security().map_err(CliError::Usage)?;
+    w.allowed_prefixes = file.worker.allowed_prefixes.clone().unwrap_or_default();
     Ok(w)
 }
 

@@ -45,6 +45,92 @@ pub struct FileConfig {
     /// Object-store options (`aws_endpoint`, `aws_allow_http`, `aws_region`, ...).
     #[serde(default)]
     pub store: BTreeMap<String, String>,
+    /// The bearer token shared by coordinator and workers.
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// File holding the bearer token every worker call must carry.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[coordinator.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSection {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA of the workers' client certificates (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[worker.tls]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsSection {
+    /// PEM CA that signed the coordinator's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    pub cert: Option<PathBuf>,
+    /// PEM client key (mutual TLS).
+    pub key: Option<PathBuf>,
+    /// Name expected in the coordinator's certificate.
+    pub domain: Option<String>,
+}
+
+impl FileConfig {
+    /// The bearer token, read from `[auth] token_file`.
+    pub fn token(&self) -> anyhow::Result<Option<capfilt_proto::security::Token>> {
+        self.auth
+            .token_file
+            .as_deref()
+            .map(capfilt_proto::security::Token::from_file)
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// How the coordinator secures its port (`insecure`: plaintext asked for).
+    pub fn server_security(
+        &self,
+        insecure: bool,
+    ) -> anyhow::Result<capfilt_proto::security::ServerSecurity> {
+        Ok(capfilt_proto::security::ServerSecurity {
+            tls: self
+                .coordinator
+                .tls
+                .as_ref()
+                .map(|t| capfilt_proto::security::ServerTls {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    client_ca: t.client_ca.clone(),
+                }),
+            token: self.token()?,
+            insecure: insecure || self.coordinator.insecure.unwrap_or(false),
+        })
+    }
+
+    /// How a worker reaches the coordinator.
+    pub fn client_security(&self) -> anyhow::Result<capfilt_proto::security::ClientSecurity> {
+        Ok(capfilt_proto::security::ClientSecurity {
+            tls: self
+                .worker
+                .tls
+                .as_ref()
+                .map(|t| capfilt_proto::security::ClientTls {
+                    ca: t.ca.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    domain: t.domain.clone(),
+                }),
+            token: self.token()?,
+        })
+    }
 }
 
 /// `[capfilt]`.
@@ -91,6 +177,10 @@ pub struct CoordinatorSection {
     pub max_failures: Option<u32>,
     /// How long a worker is excluded from new leases after failures that blame it, s.
     pub exclusion_s: Option<u64>,
+    /// TLS of the gRPC port.
+    pub tls: Option<ServerTlsSection>,
+    /// Serve plaintext (allowed on a loopback address only).
+    pub insecure: Option<bool>,
     /// Exit once the run is finished.
     pub exit_when_done: Option<bool>,
 }
@@ -113,6 +203,10 @@ pub struct WorkerSection {
     pub exit_when_done: Option<bool>,
     /// HTTP address of /metrics, /healthz and /readyz.
     pub metrics_listen: Option<String>,
+    /// TLS towards the coordinator.
+    pub tls: Option<ClientTlsSection>,
+    /// Store locations this worker may read and write (URL or path prefixes) [default: any].
+    pub allowed_prefixes: Option<Vec<String>>,
 }
 
 /// `[bootstrap]`.

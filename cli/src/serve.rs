@@ -27,6 +27,9 @@ pub struct CoordinatorArgs {
     /// TOML config file (input, output, bundles, and its capfilt, coordinator and store tables).
     #[arg(long, env = "CAPFILT_CONFIG")]
     config: Option<std::path::PathBuf>,
+    /// Serve plaintext gRPC: allowed on a loopback --listen address only; anywhere else set [coordinator.tls].
+    #[arg(long)]
+    insecure: bool,
     /// Exit once the run is finished: after the last round (or the gate's refusal), once every connected worker has been told (default: keep serving status until stopped).
     #[arg(long, env = "CAPFILT_EXIT_WHEN_DONE")]
     exit_when_done: bool,
@@ -57,6 +60,13 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .map_err(CliError::Failed)?;
+    let security = file
+        .server_security(args.insecure)
+        .map_err(CliError::Usage)?;
+    security
+        .check(listen)
+        .and_then(|()| security.tls_config().map(drop))
+        .map_err(|e| CliError::Usage(e.into()))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -64,7 +74,7 @@ pub fn run(args: CoordinatorArgs) -> CliResult {
             .map_err(CliError::Usage)?;
         let http = crate::telemetry::bind(metrics).await?;
         let has_round = args.round_args.input.is_some() || file.input.is_some();
-        let service = CoordinatorService::new(timing);
+        let service = CoordinatorService::new(timing).with_security(security);
         if !has_round {
             // No run: answer registration and status only.
             if let Some(l) = http {

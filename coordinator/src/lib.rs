@@ -45,6 +45,9 @@ pub enum CoordinatorError {
     /// The server could not run.
     #[error("coordinator server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The port's security settings are unusable (or plaintext off loopback).
+    #[error(transparent)]
+    Security(#[from] capfilt_proto::security::SecurityError),
 }
 
 impl From<CoordinatorError> for tonic::Status {
@@ -54,7 +57,9 @@ impl From<CoordinatorError> for tonic::Status {
             // The worker reacts by registering again (e.g. after a coordinator restart).
             CoordinatorError::UnknownWorker(_) => tonic::Code::FailedPrecondition,
             CoordinatorError::UnknownLease { .. } => tonic::Code::NotFound,
-            CoordinatorError::Transport(_) => tonic::Code::Unavailable,
+            CoordinatorError::Transport(_) | CoordinatorError::Security(_) => {
+                tonic::Code::Unavailable
+            }
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -85,7 +90,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CoordinatorError> {
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "coordinator listening");
+    let security = service.security().clone();
+    if let Some(addr) = addr {
+        security.check(addr)?;
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls_config()? {
+        builder = builder.tls_config(tls)?;
+    }
+    tracing::info!(addr = ?addr, security = security.describe(), "coordinator listening");
     let sweeper = tokio::spawn(service.sweeper());
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = tokio::spawn(health::report_grpc_health(
@@ -93,10 +106,13 @@ pub async fn run(
         reporter,
         Duration::from_secs(10),
     ));
-    let served = tonic::transport::Server::builder()
+    let served = builder
         .layer(metrics::RpcMetricsLayer)
         .add_service(health_service)
-        .add_service(CoordinatorServer::new(service))
+        .add_service(CoordinatorServer::with_interceptor(
+            service,
+            security.interceptor(),
+        ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     sweeper.abort();

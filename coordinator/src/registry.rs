@@ -214,6 +214,15 @@ impl Registry {
             .collect()
     }
 
+    /// Forgets the workers not heard from within `timeout` of `now`; returns their ids.
+    pub fn evict_silent(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
+        let silent = self.silent_since(now, timeout);
+        for id in &silent {
+            self.workers.remove(id);
+        }
+        silent
+    }
+
     /// Forgets a worker.
     pub fn remove(&mut self, worker_id: &str) -> Option<WorkerEntry> {
         self.workers.remove(worker_id)
@@ -331,5 +340,8 @@ mod tests {
             r.silent_since(later + Duration::from_secs(1), Duration::from_secs(5)),
             vec!["a".to_string()]
         );
+        let gone = r.evict_silent(later + Duration::from_secs(1), Duration::from_secs(5));
+        assert_eq!(gone, vec!["a".to_string()]);
+        assert!(!r.contains("a") && r.contains("b"));
     }
 }

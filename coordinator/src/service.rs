@@ -60,6 +60,7 @@ pub struct CoordinatorService {
     wake: Arc<Notify>,
     done: watch::Sender<Option<RoundManifest>>,
     health: Arc<Health>,
+    security: Arc<capfilt_proto::security::ServerSecurity>,
 }
 
 /// The current round, locked.
@@ -92,7 +93,20 @@ impl CoordinatorService {
             wake: Arc::default(),
             done: watch::channel(None).0,
             health: Arc::default(),
+            security: Arc::new(capfilt_proto::security::ServerSecurity::loopback_plaintext()),
         }
+    }
+
+    /// Serves with `security` (TLS, token); the default is plaintext, which [`crate::run`]
+    /// allows on a loopback address only.
+    pub fn with_security(mut self, security: capfilt_proto::security::ServerSecurity) -> Self {
+        self.security = Arc::new(security);
+        self
+    }
+
+    /// How the port is secured.
+    pub fn security(&self) -> &capfilt_proto::security::ServerSecurity {
+        &self.security
     }
 
     /// A coordinator scheduling `round` (opened with [`Round::open`]).
@@ -169,6 +183,12 @@ impl CoordinatorService {
             .clamp(Duration::from_millis(20), Duration::from_secs(5));
         async move {
             loop {
+                // Workers silent for three lease timeouts are forgotten (a restarted worker
+                // registers again).
+                let silent = service.timing.lease_timeout * 3;
+                for id in service.registry().evict_silent(Instant::now(), silent) {
+                    tracing::info!(worker = %id, silent_s = silent.as_secs(), "silent worker evicted from the registry");
+                }
                 let (attempts, pending) = match service.round() {
                     Some(mut r) => {
                         r.tick(Instant::now());
@@ -412,14 +432,20 @@ impl Coordinator for CoordinatorService {
         check_protocol_version(req.protocol_version)?;
         let now = Instant::now();
         let horizon = self.timing.lease_timeout;
-        let may_lease = {
+        let (may_lease, free_slots) = {
             let mut registry = self.registry();
-            if registry.heartbeat(&req, now).is_none() {
+            let Some(entry) = registry.heartbeat(&req, now) else {
                 return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
+            };
+            // No more leases than the slots it registered, plus one read-ahead.
+            let room = (entry.info.slots + 1).saturating_sub(req.leases.len() as u32);
+            if req.free_slots > room {
+                tracing::warn!(worker = %req.worker_id, claimed = req.free_slots, registered = entry.info.slots, holding = req.leases.len(), "worker claims more free slots than it registered; capped");
             }
             // An excluded worker gets nothing while another worker can take the work.
-            registry.exclusion(&req.worker_id, now).is_none()
-                || !registry.any_schedulable(now, horizon)
+            let may_lease = registry.exclusion(&req.worker_id, now).is_none()
+                || !registry.any_schedulable(now, horizon);
+            (may_lease, req.free_slots.min(room))
         };
         let Some(mut round) = self.round() else {
             // No round is being served (none planned, or between rounds), so no lease a worker
@@ -482,7 +508,7 @@ impl Coordinator for CoordinatorService {
             }
         }
         let mut new_leases = Vec::new();
-        if req.accepting && req.free_slots > 0 && may_lease {
+        if req.accepting && free_slots > 0 && may_lease {
             // Only shards that failed on this worker ask the registry (round, then registry:
             // no handler takes them the other way round).
             let registry = self.registry.clone();
@@ -494,7 +520,7 @@ impl Coordinator for CoordinatorService {
             };
             for g in round.lease(
                 &req.worker_id,
-                req.free_slots as usize,
+                free_slots as usize,
                 now,
                 timeout,
                 &elsewhere,

@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("capfilt.v1");
 }
 
+pub mod security;
+
 /// The version of the wire protocol this build speaks. A coordinator refuses requests of any other
 /// version with `FAILED_PRECONDITION`. Bump it on every incompatible change of `capfilt.proto`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -47,7 +47,7 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
 
     def coordinator_cmd(self) -> list[str]:
-        return [BIN, "coordinator", "--listen", f"127.0.0.1:{self.port}", "--rounds", "2", "--exit-when-done",
+        return [BIN, "coordinator", "--insecure", "--listen", f"127.0.0.1:{self.port}", "--rounds", "2", "--exit-when-done",
                 "--input", str(self.bench / "web"), "--output", str(self.out),
                 "--captioner", str(SEED / "captioner"), "--filter", str(SEED / "filter"),
                 "--seed-data", str(self.bench / "seed"), "--eval-data", str(self.bench / "eval"),

@@ -158,8 +158,18 @@ def test_what_the_readme_promises_holds(rendered, overlay) -> None:
 
 
 def test_a_kubernetes_trainer_without_credentials_refuses_to_start(tmp_path) -> None:
+    # The cluster's gRPC credentials, laid out as the Secrets mount them.
+    certs, tls, auth = tmp_path / "certs", tmp_path / "tls", tmp_path / "auth"
+    subprocess.run(["bash", str(K8S / "make-grpc-secrets.sh"), "--out", str(certs)], check=True,
+                   capture_output=True)
+    tls.mkdir()
+    auth.mkdir()
+    for src, dst in [("coordinator.crt", tls / "tls.crt"), ("coordinator.key", tls / "tls.key"),
+                     ("ca.crt", tls / "ca.crt"), ("token", auth / "token")]:
+        dst.write_bytes((certs / src).read_bytes())
     config = tmp_path / "capfilt.toml"
-    config.write_text((K8S / "base" / "capfilt.toml").read_text())
+    text = (K8S / "base" / "capfilt.toml").read_text()
+    config.write_text(text.replace("/etc/capfilt-tls", str(tls)).replace("/etc/capfilt-auth", str(auth)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
     r = subprocess.run([BIN, "coordinator", "--config", str(config), "--listen", "127.0.0.1:0"],
@@ -263,3 +273,25 @@ def test_monitoring_renders_and_the_dashboard_queries_only_capfilt_metrics() -> 
     # The dashboard covers both roles and the latency histograms.
     assert {"capfilt_coordinator_shards", "capfilt_coordinator_rpc_duration_seconds",
             "capfilt_worker_stage_seconds", "capfilt_worker_images_processed_total"} <= used
+
+
+def test_the_grpc_port_is_mutual_tls_with_a_token_and_workers_are_fenced_to_the_bucket(rendered) -> None:
+    config = tomllib.loads((K8S / "base" / "capfilt.toml").read_text())
+    assert config["coordinator"]["tls"]["client_ca"] and config["auth"]["token_file"]
+    assert config["worker"]["tls"]["ca"] and config["worker"]["allowed_prefixes"] == ["s3://capfilt/"]
+    for overlay in OVERLAYS:
+        objs = objects(rendered[overlay])
+        for name, secret in [("capfilt-coordinator", "capfilt-grpc-tls"), ("capfilt-worker", "capfilt-grpc-ca")]:
+            pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
+            secrets = {v["secret"]["secretName"]: v["name"] for v in pod["volumes"] if "secret" in v}
+            assert secret in secrets and "capfilt-auth" in secrets, (overlay, name)
+            mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+            # Every file the config names lies under a mounted Secret.
+            files = [config["auth"]["token_file"]] + list(
+                (config["coordinator"]["tls"] if name == "capfilt-coordinator" else config["worker"]["tls"]).values())
+            for f in files:
+                if f.startswith("/"):
+                    assert any(f.startswith(mounts[v] + "/") for v in secrets.values()), (name, f)
+        worker = objs[("Deployment", "capfilt-worker")]["spec"]["template"]["spec"]["containers"][0]
+        url = next(e["value"] for e in worker["env"] if e["name"] == "CAPFILT_COORDINATOR")
+        assert url.startswith("https://capfilt-coordinator:"), url

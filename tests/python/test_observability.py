@@ -126,7 +126,7 @@ def test_a_bare_coordinator_is_alive_but_not_ready(tmp_path):
     procs = Procs(tmp_path / "logs")
     http = f"http://127.0.0.1:{free_port()}"
     try:
-        c = procs.start("coordinator", [BIN, "coordinator", "--listen", f"127.0.0.1:{free_port()}",
+        c = procs.start("coordinator", [BIN, "coordinator", "--insecure", "--listen", f"127.0.0.1:{free_port()}",
                                         "--metrics-listen", http.removeprefix("http://")])
         wait_for("/healthz", lambda: get(http + "/healthz")[0] == 200 if _up(http) else False, 30, [c])
         assert get(http + "/healthz") == (200, "ok\n")
@@ -187,7 +187,7 @@ def test_metrics_health_status_page_and_report(bench, tmp_path):
         wait_for("worker not ready: not registered", reason, 60, [w])
 
         c = procs.start("coordinator", [
-            BIN, "coordinator", "--listen", f"127.0.0.1:{port}", "--metrics-listen", chttp.removeprefix("http://"),
+            BIN, "coordinator", "--insecure", "--listen", f"127.0.0.1:{port}", "--metrics-listen", chttp.removeprefix("http://"),
             "--input", str(bench / "web"), "--output", str(out),
             "--captioner", str(SEED / "captioner"), "--filter", str(SEED / "filter"),
             "--target-shard-rows", "50", "--batch-size", "4", "--poll-interval-ms", "100",

@@ -103,7 +103,12 @@ impl Cluster {
 
     fn coordinator_with(&self, name: &str, target_rows: u64, port: u16, extra: &[&str]) -> Proc {
         let child = Command::new(capfilt_bin())
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "coordinator",
+                "--insecure",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(extra)
             .args(["--poll-interval-ms", "50", "--lease-timeout-ms", "1500"])
             .args(["--output-lease-s", "2"])

@@ -65,6 +65,11 @@ pub struct WorkerConfig {
     pub exit_when_done: bool,
     /// Readiness, shared with the worker's HTTP port.
     pub health: Arc<WorkerHealth>,
+    /// TLS and bearer token towards the coordinator.
+    pub security: capfilt_proto::security::ClientSecurity,
+    /// Store locations (URL or absolute path prefixes) this worker may read and write; a lease
+    /// naming anything else is refused. Empty: any.
+    pub allowed_prefixes: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -88,6 +93,8 @@ impl WorkerConfig {
             max_backoff: Duration::from_secs(5),
             exit_when_done: false,
             health: Arc::default(),
+            security: Default::default(),
+            allowed_prefixes: Vec::new(),
         }
     }
 }
@@ -178,14 +185,17 @@ pub async fn run_worker(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<WorkerSummary, WorkerError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
+    let endpoint = config
+        .security
+        .endpoint(&config.coordinator)
         .map_err(|e| WorkerError::BadCoordinator {
             url: config.coordinator.clone(),
             message: e.to_string(),
         })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60));
-    let mut client = CoordinatorClient::new(endpoint.connect_lazy());
+    let mut client =
+        CoordinatorClient::with_interceptor(endpoint.connect_lazy(), config.security.interceptor());
     let ort = OrtRuntime::init(&config.ort).map_err(EngineError::from)?;
     config.health.set_runtime_loaded();
     crate::metrics::info(&config.session.device.to_string(), ort.build_info());
@@ -575,6 +585,47 @@ fn fail_here(kind: v1::FailureKind, error: impl std::fmt::Display) -> Failure {
     }
 }
 
+/// Why `url` may not be touched by this worker, or `None` when it is under one of `allowed`
+/// (a coordinator must not make a worker read or write arbitrary paths or hosts). Local paths
+/// are compared after making them absolute and normalising `.` and `..`.
+pub fn outside_allowed(url: &str, allowed: &[String]) -> Option<String> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let normal = |s: &str| -> String {
+        if store::is_url(s) && !s.starts_with("file://") {
+            return s.to_string();
+        }
+        let raw = s.strip_prefix("file://").unwrap_or(s);
+        let mut out = std::path::PathBuf::new();
+        for c in std::path::absolute(raw)
+            .unwrap_or_else(|_| raw.into())
+            .components()
+        {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out.display().to_string()
+    };
+    let target = normal(url);
+    let inside = allowed.iter().any(|prefix| {
+        let p = normal(prefix);
+        let p = p.trim_end_matches('/');
+        target == p || target.starts_with(&format!("{p}/"))
+    });
+    (!inside).then(|| {
+        format!(
+            "refused: {url} is outside this worker's allowed store prefixes ({}); see [worker] allowed_prefixes",
+            allowed.join(", ")
+        )
+    })
+}
+
 fn step_params(lease: &v1::ShardLease) -> StepParams {
     let p = lease.params.clone().unwrap_or_default();
     let d = GenerationParams::default();
@@ -639,6 +690,19 @@ async fn run_lease(
     let spec = lease.shard.clone().unwrap_or_default();
     let cap_ref = lease.captioner.clone().unwrap_or_default();
     let fil_ref = lease.filter.clone().unwrap_or_default();
+    for url in [
+        &cap_ref.url,
+        &fil_ref.url,
+        &spec.file_url,
+        &lease.output_url,
+    ] {
+        if let Some(refused) = outside_allowed(url, &cfg.allowed_prefixes) {
+            return Err(Failure {
+                retryable: false,
+                ..fail_here(K::Internal, refused)
+            });
+        }
+    }
     let load = |e: BundleError| fail_here(K::ModelLoad, e);
     let cap = Bundle::fetch(&cap_ref.url, &cfg.cache_dir, &cfg.store_options)
         .await
@@ -1027,5 +1091,38 @@ fn counts_message(c: &ShardCounts) -> v1::ShardCounts {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), *v))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_touches_nothing_outside_its_allowed_prefixes() {
+        let allowed = vec!["s3://capfilt/".to_string(), "/data/capfilt".to_string()];
+        for ok in [
+            "s3://capfilt/web/part-0.parquet",
+            "s3://capfilt",
+            "/data/capfilt/models/captioner",
+            "file:///data/capfilt/out",
+        ] {
+            assert!(outside_allowed(ok, &allowed).is_none(), "{ok}");
+        }
+        for bad in [
+            "s3://capfilt-other/web",
+            "s3://other/capfilt/",
+            "gs://capfilt/web",
+            "/data/capfilt-evil/x",
+            "/data/capfilt/../../etc/passwd",
+            "http://169.254.169.254/latest/meta-data",
+        ] {
+            let why = outside_allowed(bad, &allowed).expect(bad);
+            assert!(why.contains("allowed_prefixes"), "{why}");
+        }
+        assert!(
+            outside_allowed("anything://at/all", &[]).is_none(),
+            "no list: any"
+        );
     }
 }
