@@ -270,7 +270,16 @@ pub fn run(args: RunArgs) -> CliResult {
                 .await?;
         // The user's bundles and parameters are checked before anything starts, so a mistake
         // in them is one line, not a failed phase with workers already polling.
-        round_spec(&args.round_args, &args.options, &file, config.first_round).await?;
+        let (spec, _) =
+            round_spec(&args.round_args, &args.options, &file, config.first_round).await?;
+        let usage = |e: String| CliError::Usage(anyhow!(e));
+        let input = capfilt_schemas::store::resolve(&spec.input, &spec.store_options)
+            .map_err(|e| usage(e.to_string()))?;
+        capfilt_schemas::store::resolve(&spec.output, &spec.store_options)
+            .map_err(|e| usage(e.to_string()))?;
+        capfilt_coordinator::planner::list_inputs(&input)
+            .await
+            .map_err(|e| usage(e.to_string()))?;
         let rounds = config.rounds;
         let output = config.output.clone();
         let service = CoordinatorService::new(timing(&file, None, None)?);

@@ -279,7 +279,8 @@ fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
         let before = &text[..span.start.min(text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!(" line {line}, column {column}")
+        let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+        format!(" line {line}, column {column} (`{source}`)")
     });
     let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
     anyhow!(

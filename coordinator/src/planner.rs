@@ -80,11 +80,9 @@ fn object_url(prefix: &Location, meta: &ObjectMeta) -> String {
 }
 
 /// Plans the input at `input` (a Parquet file or a prefix holding them).
-pub async fn plan(
-    input: &Location,
-    mapping: &ColumnMapping,
-    target_rows: u64,
-) -> Result<Plan, PlanError> {
+/// The input's Parquet files (one file, or every `.parquet` object under a prefix), sorted;
+/// [`PlanError::Empty`] when there is none.
+pub async fn list_inputs(input: &Location) -> Result<Vec<ObjectMeta>, PlanError> {
     let io = |source| StoreError::Io {
         operation: "listing",
         location: input.display.clone(),
@@ -105,6 +103,16 @@ pub async fn plan(
     if objects.is_empty() {
         return Err(PlanError::Empty(input.display.clone()));
     }
+    Ok(objects)
+}
+
+/// Plans `input` into shards of about `target_rows` rows from its files' footers.
+pub async fn plan(
+    input: &Location,
+    mapping: &ColumnMapping,
+    target_rows: u64,
+) -> Result<Plan, PlanError> {
+    let objects = list_inputs(input).await?;
     let target = target_rows.max(1);
     let mut inputs = Vec::with_capacity(objects.len());
     let mut shards = Vec::new();

@@ -87,7 +87,7 @@ pub fn resolve(location: &str, options: &[(String, String)]) -> Result<Location,
         .collect();
     if !is_url(location) || location.starts_with("file://") {
         let raw = location.strip_prefix("file://").unwrap_or(location);
-        let path = std::path::absolute(raw).map_err(|e| bad(e.to_string()))?;
+        let path = lexically_normal(&std::path::absolute(raw).map_err(|e| bad(e.to_string()))?);
         let store_path = StorePath::from_absolute_path(&path).map_err(|e| bad(e.to_string()))?;
         return Ok(Location {
             store: layers.wrap(Arc::new(LocalFileSystem::new())),
@@ -109,6 +109,22 @@ pub fn resolve(location: &str, options: &[(String, String)]) -> Result<Location,
         display: location.to_string(),
         local: None,
     })
+}
+
+/// `path` with `.` dropped and each `..` taking off the component before it (`../data` and
+/// `a/./b` are paths users type; object_store's paths refuse both).
+fn lexically_normal(path: &std::path::Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// capfilt's layers over a resolved store, from its `capfilt_*` options.
@@ -328,6 +344,18 @@ mod tests {
         let loc = resolve(&dir.display().to_string(), &[]).expect("local");
         verify_create_only(&loc).await.expect("create-only");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn relative_paths_with_dots_resolve() {
+        let loc = resolve("some/../other/./dir", &[]).expect("dots");
+        let local = loc.local.expect("local");
+        assert!(
+            local.is_absolute() && local.ends_with("other/dir"),
+            "{}",
+            local.display()
+        );
+        assert!(!loc.path.as_ref().contains(".."));
     }
 
     #[test]
