@@ -374,7 +374,7 @@ aws_allow_http = "true"
         let line = toml_error(Path::new("c.toml"), text, &e).to_string();
         assert!(!line.contains('\n'), "{line}");
         assert!(
-            line.starts_with("config file c.toml line 3, column 13: "),
+            line.starts_with("config file c.toml line 3, column 13 (`[coordinator`): "),
             "{line}"
         );
     }
