@@ -223,6 +223,19 @@ impl PlanRecord {
     }
 }
 
+/// Every object under `dir`.
+async fn list(dir: &Location) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
+    dir.store
+        .list(Some(&dir.path))
+        .try_collect()
+        .await
+        .map_err(|source| StoreError::Io {
+            operation: "listing",
+            location: dir.display.clone(),
+            source,
+        })
+}
+
 /// Path of a shard's scheduling history under the round prefix.
 pub fn attempts_path(shard_id: &str) -> String {
     format!("_attempts/{shard_id}.json")
@@ -287,18 +300,7 @@ impl Round {
         round.planned_rows = round.plan.rows();
         round.pending = (0..round.states.len()).collect();
         round.per_state[0] = round.states.len();
-        let commits = round.out.child("_commits");
-        let listed: Vec<object_store::ObjectMeta> = commits
-            .store
-            .list(Some(&commits.path))
-            .try_collect()
-            .await
-            .map_err(|source| StoreError::Io {
-                operation: "listing",
-                location: commits.display.clone(),
-                source,
-            })?;
-        for meta in listed {
+        for meta in list(&round.out.child("_commits")).await? {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
@@ -311,18 +313,7 @@ impl Round {
                 round.record_commit(record, false);
             }
         }
-        let attempts_dir = round.out.child("_attempts");
-        let listed: Vec<object_store::ObjectMeta> = attempts_dir
-            .store
-            .list(Some(&attempts_dir.path))
-            .try_collect()
-            .await
-            .map_err(|source| StoreError::Io {
-                operation: "listing",
-                location: attempts_dir.display.clone(),
-                source,
-            })?;
-        for meta in listed {
+        for meta in list(&round.out.child("_attempts")).await? {
             let Some(shard_id) = meta
                 .location
                 .filename()

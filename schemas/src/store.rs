@@ -111,6 +111,25 @@ pub fn resolve(location: &str, options: &[(String, String)]) -> Result<Location,
     })
 }
 
+/// A get result's body and the rest of it (meta, range, attributes), for layers that replace
+/// the body with their own stream.
+pub(crate) fn split_body(
+    result: object_store::GetResult,
+) -> (
+    futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    object_store::GetResult,
+) {
+    use futures::StreamExt;
+    let rest = object_store::GetResult {
+        payload: object_store::GetResultPayload::Stream(futures::stream::empty().boxed()),
+        meta: result.meta.clone(),
+        range: result.range.clone(),
+        attributes: result.attributes.clone(),
+        extensions: result.extensions.clone(),
+    };
+    (result.into_stream(), rest)
+}
+
 /// `path` with `.` dropped and each `..` taking off the component before it (`../data` and
 /// `a/./b` are paths users type; object_store's paths refuse both).
 fn lexically_normal(path: &std::path::Path) -> std::path::PathBuf {

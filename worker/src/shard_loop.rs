@@ -158,6 +158,33 @@ struct Active {
     cancel: Arc<AtomicBool>,
 }
 
+/// The key of `lease` granted by coordinator generation `generation`.
+fn lease_key(generation: u64, lease: &v1::ShardLease, spec: &v1::ShardSpec) -> LeaseKey {
+    (
+        generation,
+        lease.round,
+        spec.shard_id.clone(),
+        lease.attempt,
+    )
+}
+
+/// What the next poll reports: every live lease with its progress (leases of a previous
+/// coordinator instance are not reported).
+fn heartbeat_leases(active: &HashMap<LeaseKey, Active>) -> Vec<v1::LeaseProgress> {
+    active
+        .iter()
+        .filter(|(_, a)| !a.orphaned.load(Ordering::Relaxed))
+        .map(|((_, _, id, _), a)| v1::LeaseProgress {
+            shard_id: id.clone(),
+            attempt: a.attempt,
+            rows_done: a.rows_done.load(Ordering::Relaxed),
+            rows_total: a.rows_total,
+            round: a.round,
+            started: a.started.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
 type EngineKey = (String, String);
 
 struct Shared {
@@ -313,18 +340,7 @@ pub async fn run_worker(
         // 3. Poll: heartbeat for current leases, new leases if there is room.
         let (leases, free) = {
             let active = lock(&shared.active);
-            let leases: Vec<v1::LeaseProgress> = active
-                .iter()
-                .filter(|(_, a)| !a.orphaned.load(Ordering::Relaxed))
-                .map(|((_, _, id, _), a)| v1::LeaseProgress {
-                    shard_id: id.clone(),
-                    attempt: a.attempt,
-                    rows_done: a.rows_done.load(Ordering::Relaxed),
-                    rows_total: a.rows_total,
-                    round: a.round,
-                    started: a.started.load(Ordering::Relaxed),
-                })
-                .collect();
+            let leases = heartbeat_leases(&active);
             // One lease beyond the compute slots: its input is fetched while others compute.
             let capacity = cfg.slots.max(1) as usize + 1;
             (leases, capacity.saturating_sub(active.len()) as u32)
@@ -439,12 +455,7 @@ fn start_lease(shared: &Arc<Shared>, lease: v1::ShardLease) {
     let rows_done = Arc::new(AtomicU64::new(0));
     let cancel = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));
-    let key: LeaseKey = (
-        shared.generation.load(Ordering::Relaxed),
-        lease.round,
-        spec.shard_id.clone(),
-        lease.attempt,
-    );
+    let key = lease_key(shared.generation.load(Ordering::Relaxed), &lease, &spec);
     let orphaned = Arc::new(AtomicBool::new(false));
     lock(&shared.active).insert(
         key.clone(),
@@ -1097,6 +1108,50 @@ fn counts_message(c: &ShardCounts) -> v1::ShardCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn active(attempt: u32) -> Active {
+        Active {
+            attempt,
+            round: 1,
+            orphaned: Arc::default(),
+            rows_done: Arc::default(),
+            rows_total: 10,
+            started: Arc::default(),
+            cancel: Arc::default(),
+        }
+    }
+
+    /// Hole 4: the coordinator re-leases a shard to this worker (attempt 2) while the task of
+    /// attempt 1 is still winding down; when that stale task ends and removes its entry, the
+    /// fresh lease stays and is still heartbeated (keyed by shard alone, it was removed too and
+    /// expired at the coordinator).
+    #[test]
+    fn a_stale_task_never_removes_a_fresh_lease_of_the_same_shard() {
+        let spec = v1::ShardSpec {
+            shard_id: "f00000-g00001".into(),
+            ..Default::default()
+        };
+        let lease = |attempt| v1::ShardLease {
+            round: 1,
+            attempt,
+            shard: Some(spec.clone()),
+            ..Default::default()
+        };
+        let mut map = HashMap::new();
+        let stale = lease_key(0, &lease(1), &spec);
+        let fresh = lease_key(0, &lease(2), &spec);
+        map.insert(stale.clone(), active(1));
+        map.insert(fresh.clone(), active(2));
+        map.remove(&stale);
+        let reported = heartbeat_leases(&map);
+        assert_eq!(reported.len(), 1);
+        assert_eq!(
+            (reported[0].shard_id.as_str(), reported[0].attempt),
+            ("f00000-g00001", 2)
+        );
+        // The same attempt number from a restarted coordinator (generation 1) is another lease.
+        assert_ne!(lease_key(1, &lease(2), &spec), fresh);
+    }
 
     #[test]
     fn a_worker_touches_nothing_outside_its_allowed_prefixes() {

@@ -183,14 +183,7 @@ impl FaultStore {
 /// The first half of `result`'s body, then an error.
 fn partial(result: GetResult) -> GetResult {
     let keep = (result.range.end - result.range.start) / 2;
-    let rest = GetResult {
-        payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
-        meta: result.meta.clone(),
-        range: result.range.clone(),
-        attributes: result.attributes.clone(),
-        extensions: result.extensions.clone(),
-    };
-    let body = result.into_stream();
+    let (body, rest) = super::split_body(result);
     let truncated = futures::stream::unfold(
         (body, 0u64, false),
         move |(mut body, sent, done)| async move {

@@ -149,13 +149,7 @@ fn resuming_body(
 ) -> GetResult {
     let range = first.range.clone();
     let etag = first.meta.e_tag.clone();
-    let rest = GetResult {
-        payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
-        meta: first.meta.clone(),
-        range: first.range.clone(),
-        attributes: first.attributes.clone(),
-        extensions: first.extensions.clone(),
-    };
+    let (first_body, rest) = super::split_body(first);
     struct State {
         body: BoxStream<'static, Result<Bytes>>,
         next: u64,
@@ -163,7 +157,7 @@ fn resuming_body(
         done: bool,
     }
     let state = State {
-        body: first.into_stream(),
+        body: first_body,
         next: range.start,
         retries: 0,
         done: false,
