@@ -302,6 +302,8 @@ pub fn run(args: RunArgs) -> CliResult {
             let mut config =
                 worker_config(format!("http://{addr}"), &options, &file, None, Some(30))?;
             config.worker_id = format!("run-{}-w{i}", std::process::id());
+            // The in-process coordinator is plaintext on loopback without a token.
+            config.security = Default::default();
             workers.push(tokio::spawn(run_worker(
                 config,
                 wait_true(workers_stop_rx.clone()),

@@ -137,6 +137,8 @@ pub struct Round {
     per_state: [usize; 4],
     committed_rows: u64,
     planned_rows: u64,
+    /// Commits applied so far: a manifest built before the latest one is stale.
+    commits_applied: u64,
 }
 
 fn state_slot(s: &ShardState) -> usize {
@@ -241,14 +243,17 @@ pub fn attempts_path(shard_id: &str) -> String {
     format!("_attempts/{shard_id}.json")
 }
 
-/// Writes `_attempts/` records from [`Round::take_attempts`]; failures are logged (the next
-/// change writes the record again).
-pub async fn write_attempts(records: Vec<(Location, Vec<u8>)>) {
-    for (loc, json) in records {
+/// Writes `_attempts/` records from [`Round::take_attempts`]; returns the shards whose record
+/// could not be written (hand them to [`Round::retry_attempts`]).
+pub async fn write_attempts(records: Vec<(usize, Location, Vec<u8>)>) -> Vec<usize> {
+    let mut failed = Vec::new();
+    for (i, loc, json) in records {
         if let Err(e) = loc.put_bytes(json).await {
-            tracing::warn!(record = %loc.display, error = %e, "writing a shard's attempts record failed");
+            tracing::warn!(record = %loc.display, error = %e, "writing a shard's attempts record failed; retrying at the next sweep");
+            failed.push(i);
         }
     }
+    failed
 }
 
 /// Path of a shard's commit record under the round prefix.
@@ -296,6 +301,7 @@ impl Round {
             per_state: [0; 4],
             committed_rows: 0,
             planned_rows: 0,
+            commits_applied: 0,
         };
         round.planned_rows = round.plan.rows();
         round.pending = (0..round.states.len()).collect();
@@ -513,7 +519,7 @@ impl Round {
 
     /// The `_attempts/{shard}.json` records of shards whose history changed since the last
     /// call, to be written by the caller (outside any lock): where, and the JSON.
-    pub fn take_attempts(&mut self) -> Vec<(Location, Vec<u8>)> {
+    pub fn take_attempts(&mut self) -> Vec<(usize, Location, Vec<u8>)> {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
@@ -553,7 +559,7 @@ impl Round {
                     ShardState::Committed { .. } => return None,
                 };
                 let json = serde_json::to_vec_pretty(&record).ok()?;
-                Some((self.out.child(&attempts_path(shard_id)), json))
+                Some((i, self.out.child(&attempts_path(shard_id)), json))
             })
             .collect()
     }
@@ -750,10 +756,13 @@ impl Round {
                 attempt: record.attempt,
             },
         );
-        if applied && !was_committed && self.manifest_written {
-            // A late commit of a shard the manifest gave up on: the manifest is written again.
-            tracing::info!(shard = %record.shard.shard_id, "late commit after the manifest; rewriting it");
-            self.manifest_written = false;
+        if applied && !was_committed {
+            self.commits_applied += 1;
+            if self.manifest_written {
+                // A late commit of a shard the manifest gave up on: written again.
+                tracing::info!(shard = %record.shard.shard_id, "late commit after the manifest; rewriting it");
+                self.manifest_written = false;
+            }
         }
         if applied {
             if live {
@@ -807,6 +816,26 @@ impl Round {
     /// Notes that the manifest is in the store.
     pub fn mark_manifest_written(&mut self) {
         self.manifest_written = true;
+    }
+
+    /// Commits applied so far (take it with [`Round::manifest`]).
+    pub fn commits_applied(&self) -> u64 {
+        self.commits_applied
+    }
+
+    /// Notes that the manifest built when `commits_applied` commits had been applied is in the
+    /// store; false (and nothing noted) when a commit landed since, so it is built again.
+    pub fn mark_manifest_written_as_of(&mut self, commits_applied: u64) -> bool {
+        let current = self.commits_applied == commits_applied;
+        if current {
+            self.manifest_written = true;
+        }
+        current
+    }
+
+    /// Shards whose `_attempts/` record could not be written: written again at the next sweep.
+    pub fn retry_attempts(&mut self, shards: impl IntoIterator<Item = usize>) {
+        self.dirty.extend(shards);
     }
 }
 

@@ -193,23 +193,36 @@ impl CoordinatorService {
                     Some(mut r) => {
                         r.tick(Instant::now());
                         let pending = (r.is_done() && !r.manifest_written())
-                            .then(|| (r.output().clone(), r.manifest()));
+                            .then(|| (r.output().clone(), r.manifest(), r.commits_applied()));
                         (r.take_attempts(), pending)
                     }
                     None => (Vec::new(), None),
                 };
                 // Scheduling history first, so a restart never forgets a quarantine the
-                // manifest reports.
-                write_attempts(attempts).await;
-                if let Some((out, manifest)) = pending {
+                // manifest reports: no manifest in a sweep where a record was not written.
+                let failed = write_attempts(attempts).await;
+                let pending = if failed.is_empty() {
+                    pending
+                } else {
+                    if let Some(mut r) = service.round() {
+                        r.retry_attempts(failed);
+                    }
+                    None
+                };
+                if let Some((out, manifest, as_of)) = pending {
                     match write_manifest(&out, &manifest).await {
                         Ok(()) => {
-                            if let Some(mut r) = service.round()
-                                && r.spec().round == manifest.round
-                            {
-                                r.mark_manifest_written();
+                            // A commit that landed while it was written makes it stale: the
+                            // next sweep writes it again, and only then is the round done.
+                            let current = match service.round() {
+                                Some(mut r) if r.spec().round == manifest.round => {
+                                    r.mark_manifest_written_as_of(as_of)
+                                }
+                                _ => true,
+                            };
+                            if current {
+                                let _ = service.done.send(Some(manifest));
                             }
-                            let _ = service.done.send(Some(manifest));
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "writing the round manifest failed; retrying")
@@ -438,7 +451,11 @@ impl Coordinator for CoordinatorService {
                 return Err(CoordinatorError::UnknownWorker(req.worker_id).into());
             };
             // No more leases than the slots it registered, plus one read-ahead.
-            let room = (entry.info.slots + 1).saturating_sub(req.leases.len() as u32);
+            let room = entry
+                .info
+                .slots
+                .saturating_add(1)
+                .saturating_sub(req.leases.len() as u32);
             if req.free_slots > room {
                 tracing::warn!(worker = %req.worker_id, claimed = req.free_slots, registered = entry.info.slots, holding = req.leases.len(), "worker claims more free slots than it registered; capped");
             }

@@ -23,9 +23,9 @@
 //! | the worker gave the lease back (shutdown) | never |
 //!
 //! Every failure and started expiry records the worker in `failed_on`, so the scheduler
-//! leases the shard elsewhere while another worker can take it. A non-retryable failure
-//! quarantines at once only when the shard failed on another worker as well; on the first
-//! worker it counts like a retryable one.
+//! leases the shard elsewhere while another worker can take it. A non-retryable failure that
+//! blames the shard quarantines at once only when the shard failed on another worker as well;
+//! otherwise (on the first worker, or blaming the worker) it counts like a retryable one.
 
 use std::time::{Duration, Instant};
 
@@ -361,11 +361,12 @@ pub fn transition(
             if *blame == Blame::Shard || before {
                 history.failures += 1;
             }
+            // A failure that blames the worker says nothing about the shard: it only counts.
             Ok(after_failure(
                 *attempt,
                 history,
                 max_failures,
-                !retryable && elsewhere,
+                !retryable && elsewhere && *blame == Blame::Shard,
             ))
         }
 
@@ -591,11 +592,13 @@ mod tests {
                         }
                         _ => {}
                     }
-                    // A non-retryable failure quarantines at once only when confirmed elsewhere.
+                    // A non-retryable failure of the shard quarantines at once only when
+                    // confirmed elsewhere; one that blames the worker never does by itself.
                     if let (
                         Event::Failed {
                             retryable: false,
                             counted: true,
+                            blame,
                             ..
                         },
                         ShardState::Leased {
@@ -608,7 +611,7 @@ mod tests {
                         let elsewhere = history.failed_on.iter().any(|w| w != worker);
                         assert_eq!(
                             matches!(next, ShardState::Quarantined { .. }),
-                            elsewhere,
+                            elsewhere && *blame == Blame::Shard,
                             "{s:?} --{e:?}--> {next:?}"
                         );
                     }
@@ -749,9 +752,10 @@ mod tests {
         s = lease(&s, "good", now + Duration::from_secs(9));
         let c = transition(&s, &Event::Committed { attempt: 2 }, 3).expect("commit");
         assert!(matches!(c, ShardState::Committed { attempt: 2, .. }));
-        // A non-retryable failure confirmed on a second worker quarantines.
+        // A second bad machine (also blamed on the worker) only counts: no quarantine.
         s = fail(&s, false, Blame::Worker);
-        assert!(matches!(s, ShardState::Quarantined { .. }), "{s:?}");
+        assert!(matches!(s, ShardState::Pending { .. }), "{s:?}");
+        assert_eq!(s.failures(), 1);
     }
 
     #[test]

@@ -230,6 +230,16 @@ impl ClientSecurity {
         };
         let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(&e.to_string()))?;
         let https = url.starts_with("https://");
+        let loopback = endpoint.uri().host().is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if self.token.is_some() && !https && !loopback {
+            return Err(bad(
+                "the bearer token would cross the network in plaintext: use https:// with [worker.tls]",
+            ));
+        }
         match (&self.tls, https) {
             (None, false) => Ok(endpoint),
             (Some(_), false) => Err(bad(
@@ -357,5 +367,21 @@ mod tests {
         };
         let e = tls.endpoint("http://c:1").expect_err("http with tls");
         assert!(e.to_string().contains("https://"), "{e}");
+        let dir = std::env::temp_dir().join(format!("capfilt-token2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("t"), "x").expect("write");
+        let token_only = ClientSecurity {
+            tls: None,
+            token: Some(Token::from_file(&dir.join("t")).expect("token")),
+        };
+        let e = token_only
+            .endpoint("http://coordinator:1")
+            .expect_err("plaintext token");
+        assert!(e.to_string().contains("plaintext"), "{e}");
+        assert!(
+            token_only.endpoint("http://127.0.0.1:1").is_ok(),
+            "loopback"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

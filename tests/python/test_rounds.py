@@ -103,3 +103,32 @@ def test_a_worse_retrained_bundle_is_refused_by_the_gate(bench, tmp_path) -> Non
     assert new < old - 0.02 or promo["captioner_exact_match"][1] < promo["captioner_exact_match"][0] - 0.02
     assert not (out / "round-0002").exists()
     assert json.loads((out / "_run.json").read_text())["status"] == "stopped"
+
+
+def test_a_resumed_run_refuses_bundles_other_than_it_was_started_with(bench, tmp_path) -> None:
+    import shutil
+    cap, fil = tmp_path / "captioner", tmp_path / "filter"
+    shutil.copytree(SEED / "captioner", cap)
+    shutil.copytree(SEED / "filter", fil)
+    out = tmp_path / "out"
+
+    def cmd(captioner: Path) -> list[str]:
+        c = rounds_cmd(bench, out)
+        c[c.index("--rounds") + 1] = "1"
+        c[c.index("--captioner") + 1] = str(captioner)
+        c[c.index("--filter") + 1] = str(fil)
+        return c
+
+    first = subprocess.run(cmd(cap), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Same paths, other contents: the finished run's results belong to the old bundles.
+    manifest = json.loads((cap / "bundle.json").read_text())
+    manifest["name"] = manifest["name"] + "-changed"
+    (cap / "bundle.json").write_text(json.dumps(manifest, indent=1))
+    again = subprocess.run(cmd(cap), capture_output=True, text=True)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "its contents changed" in again.stderr and "new --output" in again.stderr, again.stderr
+    # Other paths: refused too.
+    other = subprocess.run(cmd(SEED / "captioner"), capture_output=True, text=True)
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "was started with captioner" in other.stderr, other.stderr

@@ -605,7 +605,12 @@ pub fn outside_allowed(url: &str, allowed: &[String]) -> Option<String> {
     }
     let normal = |s: &str| -> String {
         if store::is_url(s) && !s.starts_with("file://") {
-            return s.to_string();
+            // As the store will see it: the URL parser resolves `.` and `..` segments (and
+            // their percent-encoded forms on http(s)), so compare what it resolves to.
+            return match url::Url::parse(s) {
+                Ok(u) => u.as_str().to_string(),
+                Err(_) => format!("unparsable URL {s}"),
+            };
         }
         let raw = s.strip_prefix("file://").unwrap_or(s);
         let mut out = std::path::PathBuf::new();

@@ -244,6 +244,53 @@ impl Controller {
         result
     }
 
+    /// A resumed run must be given the bundles it was started with, by URL and by content:
+    /// otherwise its recorded rounds (and a finished run's results) belong to other bundles and
+    /// would be reused silently. A round still in progress is guarded by its `_plan.json`.
+    async fn check_same_initial_bundles(
+        &self,
+        record: &RunRecord,
+        run: &str,
+    ) -> Result<(), BootstrapError> {
+        let Some(first) = record.rounds.first() else {
+            return Ok(());
+        };
+        let given = &self.config.initial;
+        let advice = "write to a new --output, or pass the bundles the run was started with";
+        if (first.captioner.0.as_str(), first.filter.0.as_str())
+            != (given.captioner.as_str(), given.filter.as_str())
+        {
+            return Err(BootstrapError::Config(format!(
+                "{run} was started with captioner {} and filter {}, not {} and {}: {advice}",
+                first.captioner.0, first.filter.0, given.captioner, given.filter
+            )));
+        }
+        let spec = self
+            .planner
+            .spec(first.round, given)
+            .await
+            .map_err(|message| BootstrapError::Spec {
+                round: first.round,
+                message,
+            })?;
+        for (kind, recorded, now) in [
+            (
+                "captioner",
+                &first.captioner,
+                &spec.captioner.bundle_json_sha256,
+            ),
+            ("filter", &first.filter, &spec.filter.bundle_json_sha256),
+        ] {
+            if &recorded.1 != now {
+                return Err(BootstrapError::Config(format!(
+                    "{run} recorded round {} with {kind} {} of sha256 {:.12}, but that bundle is now {:.12} (its contents changed): {advice}",
+                    first.round, recorded.0, recorded.1, now
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Loads or starts the run record and walks the phases.
     async fn drive(&self) -> Result<RunRecord, BootstrapError> {
         let run_loc = self.loc(&format!(
@@ -266,6 +313,8 @@ impl Controller {
         if record.bundles.captioner.is_empty() {
             record.bundles = self.config.initial.clone();
         }
+        self.check_same_initial_bundles(&record, &run_loc.display)
+            .await?;
         record.rounds_requested = self.config.rounds;
         record.coordinator = self.service.instance().to_string();
         let mut phase = record.phase.clone();

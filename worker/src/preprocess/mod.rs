@@ -166,12 +166,13 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     Ok(to_rgb(image))
 }
 
-/// Whether the JPEG has an end-of-image marker after its first scan. Inside entropy-coded
-/// data a 0xFF byte is always followed by 0x00 or a restart marker, so an FF D9 after the
-/// start of scan is the real end, however many bytes trail it (Pillow ignores trailing
-/// bytes too); an EXIF thumbnail's own end marker comes before the main scan.
+/// Whether the JPEG has an end-of-image marker after its last start of scan. Inside
+/// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so an FF D9
+/// after the last scan is the real end, however many bytes trail it (Pillow ignores trailing
+/// bytes too); an EXIF thumbnail's scan and end marker come before the main image's scans,
+/// so a main image cut short is caught even when its thumbnail is whole.
 fn has_jpeg_end(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).position(|w| w == [0xff, 0xda]) else {
+    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xff, 0xda]) else {
         return false;
     };
     bytes[sos..].windows(2).any(|w| w == [0xff, 0xd9])
@@ -298,6 +299,17 @@ pub fn pixel_values(image: &RgbImage, p: &Preprocessing) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_main_image_cut_short_is_caught_even_with_a_whole_thumbnail() {
+        // SOI, APP1 with a thumbnail (its own SOS ... EOI), then the main image's SOS and scan.
+        let mut jpeg = vec![0xff, 0xd8, 0xff, 0xe1, 0x00, 0x10];
+        jpeg.extend([0xff, 0xd8, 0xff, 0xda, 1, 2, 3, 0xff, 0xd9]);
+        jpeg.extend([0xff, 0xda, 0x00, 0x08, 9, 9, 9, 9, 0xff, 0x00, 7]);
+        assert!(!has_jpeg_end(&jpeg), "main scan without its end marker");
+        jpeg.extend([0xff, 0xd9, b'x', b'y']);
+        assert!(has_jpeg_end(&jpeg), "complete, with trailing bytes");
+    }
 
     fn png(img: DynamicImage) -> Vec<u8> {
         let mut buf = Vec::new();
