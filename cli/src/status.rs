@@ -24,14 +24,20 @@ pub struct StatusArgs {
     /// Include one line per shard.
     #[arg(long)]
     shards: bool,
+    /// TOML config file: its [worker.tls] and [auth] reach a secured coordinator.
+    #[arg(long, env = "CAPFILT_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 /// Runs `capfilt status`.
 pub fn run(args: StatusArgs) -> CliResult {
-    let endpoint = tonic::transport::Endpoint::from_shared(args.coordinator.clone())
+    let file = crate::config::FileConfig::load(args.config.as_deref()).map_err(CliError::Usage)?;
+    let security = file.client_security().map_err(CliError::Usage)?;
+    let endpoint = security
+        .endpoint(&args.coordinator)
         .with_context(|| {
             format!(
-                "'{}' is not a valid coordinator URL (e.g. http://127.0.0.1:50051)",
+                "'{}' is not a usable coordinator URL (e.g. http://127.0.0.1:50051)",
                 args.coordinator
             )
         })
@@ -47,7 +53,7 @@ pub fn run(args: StatusArgs) -> CliResult {
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))
             .map_err(CliError::Failed)?;
-        let mut client = CoordinatorClient::new(channel);
+        let mut client = CoordinatorClient::with_interceptor(channel, security.interceptor());
         loop {
             let status = client
                 .get_status(v1::GetStatusRequest {

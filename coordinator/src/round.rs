@@ -539,6 +539,7 @@ impl Round {
                         failures: history.failures,
                         last_error: history.last_error.clone(),
                         failed_on: history.failed_on.clone(),
+                        unstarted_expiries: history.unstarted_expiries,
                         quarantined: false,
                     },
                     ShardState::Quarantined {
@@ -553,6 +554,7 @@ impl Round {
                         failures: 0,
                         last_error: Some(last_error.clone()),
                         failed_on: failed_on.clone(),
+                        unstarted_expiries: 0,
                         quarantined: true,
                     },
                     // The commit record speaks for a committed shard.
@@ -586,6 +588,7 @@ impl Round {
                     failures: record.failures,
                     last_error: record.last_error,
                     failed_on: record.failed_on,
+                    unstarted_expiries: record.unstarted_expiries,
                 },
             }
         };

@@ -19,7 +19,7 @@
 //! | a failure that blames the shard (its input, its rows) | always |
 //! | a failure that blames the worker (its bundle cache, its store access) | only after the shard failed on some worker before |
 //! | a started lease expired (the worker died or was preempted) | only after the shard failed on some worker before |
-//! | a lease expired before its work started (a dead worker's read-ahead) | never |
+//! | a lease expired before its work started (a dead worker's read-ahead) | not for the first [`FREE_UNSTARTED_EXPIRIES`] (then as a started one: a shard whose input fetch kills workers) |
 //! | the worker gave the lease back (shutdown) | never |
 //!
 //! Every failure and started expiry records the worker in `failed_on`, so the scheduler
@@ -38,7 +38,14 @@ pub struct History {
     pub last_error: Option<String>,
     /// Distinct workers on which an attempt failed or a started lease expired.
     pub failed_on: Vec<String>,
+    /// Leases that expired before their work started (free up to
+    /// [`FREE_UNSTARTED_EXPIRIES`]).
+    pub unstarted_expiries: u32,
 }
+
+/// Leases of a shard that may expire before their work started without a charge: beyond them
+/// the shard itself is suspect (its input fetch kills workers), and expiries count as started.
+pub const FREE_UNSTARTED_EXPIRIES: u32 = 3;
 
 impl History {
     /// Records a failure on `worker`; returns whether the shard had failed on any worker
@@ -395,7 +402,8 @@ pub fn transition(
                 return Ok(state.clone());
             }
             let mut history = history.clone();
-            if !started {
+            if !started && history.unstarted_expiries < FREE_UNSTARTED_EXPIRIES {
+                history.unstarted_expiries += 1;
                 history.last_error = Some(format!(
                     "lease of attempt {attempt} on worker {worker} expired before its work started"
                 ));
@@ -434,6 +442,7 @@ mod tests {
             failures,
             last_error: (failures > 0).then(|| "boom".into()),
             failed_on: failed_on.iter().map(|w| w.to_string()).collect(),
+            unstarted_expiries: 0,
         }
     }
 
@@ -470,6 +479,16 @@ mod tests {
             ),
             leased(3, "w2", now, true, history(2, &["w1"])),
             leased(2, "w1", now, true, history(0, &["w2"])),
+            leased(
+                2,
+                "w1",
+                now,
+                false,
+                History {
+                    unstarted_expiries: FREE_UNSTARTED_EXPIRIES,
+                    ..history(1, &["w2"])
+                },
+            ),
             ShardState::Committed {
                 attempt: 1,
                 attempts: 1,
@@ -583,7 +602,10 @@ mod tests {
                         }
                         // Nor a read-ahead lease whose work never started, nor a release.
                         Event::Tick { .. } | Event::Released { .. }
-                            if matches!(s, ShardState::Leased { started: false, .. }) =>
+                            if matches!(s, ShardState::Leased { started: false, .. })
+                                && s.history().is_some_and(|h| {
+                                    h.unstarted_expiries < FREE_UNSTARTED_EXPIRIES
+                                }) =>
                         {
                             assert!(!counted_now, "{s:?} --{e:?}--> {next:?}")
                         }
@@ -703,7 +725,7 @@ mod tests {
     fn a_read_ahead_lease_of_a_dead_worker_costs_the_shard_nothing() {
         let now = t0();
         let mut s = ShardState::default();
-        for w in ["w1", "w2", "w3", "w4", "w5"] {
+        for w in ["w1", "w2", "w3"] {
             s = lease(&s, w, now);
             s = beat(&s, w, false, now);
             s = tick(&s, now + Duration::from_secs(1));
@@ -715,6 +737,14 @@ mod tests {
             s.last_error()
                 .is_some_and(|e| e.contains("before its work started"))
         );
+        // Beyond three, the shard itself is suspect (its fetch kills workers): expiries count
+        // as started ones, from the second on.
+        let mut suspect = s.clone();
+        for w in ["w4", "w5"] {
+            suspect = lease(&suspect, w, now);
+            suspect = tick(&suspect, now + Duration::from_secs(1));
+        }
+        assert_eq!(suspect.failures(), 1, "{suspect:?}");
         // Once started (a heartbeat said so, or rows were done), expiries do count: from the
         // second one on.
         s = lease(&s, "w1", now);

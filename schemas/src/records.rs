@@ -168,6 +168,9 @@ pub struct AttemptsRecord {
     /// Distinct workers it failed on.
     #[serde(default)]
     pub failed_on: Vec<String>,
+    /// Leases that expired before their work started.
+    #[serde(default)]
+    pub unstarted_expiries: u32,
     /// Whether it is quarantined.
     pub quarantined: bool,
 }
