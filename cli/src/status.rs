@@ -24,7 +24,7 @@ pub struct StatusArgs {
     /// Include one line per shard.
     #[arg(long)]
     shards: bool,
-    /// TOML config file: its [worker.tls] and [auth] reach a secured coordinator.
+    /// TOML config file: its worker.tls and auth tables reach a secured coordinator.
     #[arg(long, env = "CAPFILT_CONFIG")]
     config: Option<std::path::PathBuf>,
 }
