@@ -210,6 +210,9 @@ pub fn run_worker_command(args: WorkerArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(e.into()))?;
     runtime.block_on(async move {
         if let Some(l) = crate::telemetry::bind(metrics).await? {
+            // Installed before the worker starts, so its first metrics (the info gauge) are
+            // recorded; the server task would install it too late.
+            capfilt_telemetry::install_recorder().map_err(|e| CliError::Failed(e.into()))?;
             let gpu = capfilt_worker::metrics::GpuMemory::for_device(config.session.device);
             // Serves until the process exits (after the worker's drain).
             crate::telemetry::spawn(capfilt_worker::metrics::serve_http(
