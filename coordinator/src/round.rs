@@ -315,8 +315,27 @@ impl Round {
             };
             if let Some(&i) = round.index.get(shard_id) {
                 let record = round.read_commit(shard_id).await?;
-                round.check_commit(&record, i)?;
-                round.record_commit(record, false);
+                let short = record.counts.rows_in != round.plan.shards[i].num_rows;
+                match round.check_commit(&record, i) {
+                    Ok(()) => {
+                        round.record_commit(record, false);
+                    }
+                    // A record of this plan and these bundles that leaves rows out (an older
+                    // worker's): the shard is given up with the reason, as when it arrives live;
+                    // moving the record away redoes the shard.
+                    Err(e) if short && round.check_origin(&record, i).is_none() => {
+                        tracing::error!(error = %e, "a commit record that leaves rows out");
+                        round.set_state(
+                            i,
+                            ShardState::Quarantined {
+                                attempts: record.attempt,
+                                last_error: format!("{e}; move it away to redo the shard"),
+                                failed_on: Vec::new(),
+                            },
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         for meta in list(&round.out.child("_attempts")).await? {
@@ -346,11 +365,33 @@ impl Round {
         Ok(round)
     }
 
-    /// Refuses a commit record that belongs to another plan or other bundles.
+    /// Refuses a commit record that belongs to another plan or other bundles, or that does not
+    /// account for every planned row.
     fn check_commit(&self, record: &CommitRecord, i: usize) -> Result<(), RoundError> {
         let planned = &self.plan.shards[i];
+        let message = self.check_origin(record, i).or_else(|| {
+            (record.counts.rows_in != planned.num_rows).then(|| {
+                format!(
+                    "it accounts for {} of the shard's {} rows",
+                    record.counts.rows_in, planned.num_rows
+                )
+            })
+        });
+        match message {
+            Some(message) => Err(RoundError::CommitMismatch {
+                path: self.out.child(&commit_path(&planned.shard_id)).display,
+                round: self.spec.round,
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why a commit record belongs to another plan, other bundles or another round, if it does.
+    fn check_origin(&self, record: &CommitRecord, i: usize) -> Option<String> {
+        let planned = &self.plan.shards[i];
         let spec = &self.spec;
-        let message = if record.shard != *planned {
+        if record.shard != *planned {
             Some(format!(
                 "it covers {} row groups {}+{} ({} rows), the recorded plan has {} row groups {}+{} ({} rows)",
                 record.shard.file,
@@ -374,21 +415,8 @@ impl Round {
             ))
         } else if record.round != spec.round {
             Some(format!("it is a round {} record", record.round))
-        } else if record.counts.rows_in != planned.num_rows {
-            Some(format!(
-                "it accounts for {} of the shard's {} rows",
-                record.counts.rows_in, planned.num_rows
-            ))
         } else {
             None
-        };
-        match message {
-            Some(message) => Err(RoundError::CommitMismatch {
-                path: self.out.child(&commit_path(&planned.shard_id)).display,
-                round: spec.round,
-                message,
-            }),
-            None => Ok(()),
         }
     }
 

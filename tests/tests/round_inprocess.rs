@@ -665,6 +665,20 @@ async fn quarantine_and_attempts_survive_a_restart_and_a_late_commit_rewrites_th
         "a late commit asks for the manifest again"
     );
     assert!(round.manifest().quarantined().next().is_none());
+    // A restarted coordinator that finds a record leaving rows out gives its shard up with the
+    // reason, as the live path does, instead of refusing the whole round.
+    let short = record_for(&spec, &shards[1], 3);
+    std::fs::write(
+        out.join(format!("_commits/{}.json", shards[1].shard_id)),
+        serde_json::to_vec(&short).expect("json"),
+    )
+    .expect("write");
+    let reopened = Round::open(spec.clone()).await.expect("opens");
+    let (_, s1) = reopened.shards().nth(1).expect("shard 1");
+    assert!(
+        matches!(s1, ShardState::Quarantined { last_error, .. } if last_error.contains("3 of the shard's 10 rows") && last_error.contains("move it away")),
+        "{s1:?}"
+    );
     // The round's indexes (counts per state, committed rows) agree with its shards.
     for name in ["pending", "leased", "committed", "quarantined"] {
         let scanned = round.shards().filter(|(_, s)| s.name() == name).count();
