@@ -24,9 +24,9 @@ done
 log() { printf '[setup] %s\n' "$*"; }
 
 # 1. Debian packages (chromium and its driver: the status page and report tests load pages in
-#    headless Chromium).
+#    headless Chromium; openssl: k8s/make-grpc-secrets.sh makes the TLS test's certificates).
 need=()
-for pkg in unzip pkg-config chromium chromium-driver; do
+for pkg in unzip pkg-config chromium chromium-driver openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
