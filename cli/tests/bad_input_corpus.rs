@@ -48,6 +48,25 @@ fn capfilt(args: &[&str]) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// `capfilt infer` or `capfilt run` with `captioner`, the seed filter, `input` and `out`.
+fn step(command: &str, captioner: &str, input: &Path, out: &str, extra: &[&str]) -> Output {
+    let filter = seed("filter");
+    let input = input.to_str().expect("utf-8");
+    let mut args = vec![
+        command,
+        "--captioner",
+        captioner,
+        "--filter",
+        &filter,
+        "--input",
+        input,
+        "--output",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    capfilt(&args)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -129,20 +148,13 @@ fn every_bad_row_is_scored_or_rejected_with_its_reason_and_none_is_lost() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("out");
     let input = corpus().join("rows.parquet");
-    let o = capfilt(&[
+    let o = step(
         "infer",
-        "--captioner",
         &seed("captioner"),
-        "--filter",
-        &seed("filter"),
-        "--input",
-        input.to_str().expect("utf-8"),
-        "--output",
+        &input,
         out.to_str().expect("utf-8"),
-        "--max-caption-chars",
-        "1000",
-        "--json",
-    ]);
+        &["--max-caption-chars", "1000", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
@@ -216,68 +228,26 @@ fn every_bad_file_config_and_bundle_stops_with_one_line_and_exit_2() {
         let out = tmp.path().join(format!("out-{i}"));
         let out = out.to_str().expect("utf-8");
         let (outcome, needle) = k.expect.split_once(':').unwrap_or((k.expect.as_str(), ""));
+        let path = || corpus().join(k.path.as_deref().expect("path"));
+        let rows = corpus().join("rows.parquet");
         let o = match k.category.as_str() {
-            "file" => {
-                let input = corpus().join(k.path.as_deref().expect("path"));
-                capfilt(&[
-                    "infer",
-                    "--captioner",
-                    &seed("captioner"),
-                    "--filter",
-                    &seed("filter"),
-                    "--input",
-                    input.to_str().expect("utf-8"),
-                    "--output",
-                    out,
-                ])
-            }
-            "prefix" => {
-                let input = corpus().join(k.path.as_deref().expect("path"));
-                capfilt(&[
-                    "run",
-                    "--captioner",
-                    &seed("captioner"),
-                    "--filter",
-                    &seed("filter"),
-                    "--input",
-                    input.to_str().expect("utf-8"),
-                    "--output",
-                    out,
-                ])
-            }
+            "file" => step("infer", &seed("captioner"), &path(), out, &[]),
+            "prefix" => step("run", &seed("captioner"), &path(), out, &[]),
             "config" => {
-                let config = corpus().join(k.path.as_deref().expect("path"));
-                let input = corpus().join("rows.parquet");
-                capfilt(&[
+                let config = path();
+                step(
                     "run",
-                    "--config",
-                    config.to_str().expect("utf-8"),
-                    "--captioner",
                     &seed("captioner"),
-                    "--filter",
-                    &seed("filter"),
-                    "--input",
-                    input.to_str().expect("utf-8"),
-                    "--output",
+                    &rows,
                     out,
-                ])
+                    &["--config", config.to_str().expect("utf-8")],
+                )
             }
             "bundle" => {
                 let bundle = tmp.path().join(format!("bundle-{i}"));
                 copy_dir(Path::new(&seed("captioner")), &bundle);
                 mutate(&bundle, k.mutation.as_deref().expect("mutation"));
-                let input = corpus().join("rows.parquet");
-                capfilt(&[
-                    "infer",
-                    "--captioner",
-                    bundle.to_str().expect("utf-8"),
-                    "--filter",
-                    &seed("filter"),
-                    "--input",
-                    input.to_str().expect("utf-8"),
-                    "--output",
-                    out,
-                ])
+                step("infer", bundle.to_str().expect("utf-8"), &rows, out, &[])
             }
             _ => continue,
         };

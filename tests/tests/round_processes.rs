@@ -222,6 +222,25 @@ async fn wait_status(
     }
 }
 
+/// Starts coordinator `name` until it takes the output over: a successor is refused (exit 2)
+/// while the previous holder's lease lives, and takes over once it lapses, or at once when the
+/// holder's process on this machine is gone.
+async fn take_over(c: &Cluster, name: &str, target_rows: u64, extra: &[&str]) -> Proc {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut p = c.coordinator_with(name, target_rows, c.port, extra);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !p.exited() || p.child.wait().ok().and_then(|s| s.code()) != Some(2) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never took over\n{}",
+            c.logs_text()
+        );
+    }
+}
+
 async fn wait_exit(c: &Cluster, p: &mut Proc, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !p.exited() {
@@ -387,19 +406,7 @@ async fn a_coordinator_killed_mid_round_restarts_without_redoing_committed_shard
 
     // The dead coordinator's lease on the output lapses (2 s); until then a successor is
     // refused, after it the successor takes over and finishes the round.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut restarted = loop {
-        let mut p = c.coordinator("coordinator-2", 48);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if !p.exited() || p.child.wait().ok().and_then(|s| s.code()) != Some(2) {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never took over\n{}",
-            c.logs_text()
-        );
-    };
+    let mut restarted = take_over(&c, "coordinator-2", 48, &[]).await;
     wait_exit(&c, &mut restarted, 180).await;
     assert!(
         restarted.child.wait().expect("status").success(),
@@ -489,20 +496,7 @@ async fn a_kill_soak_of_workers_and_coordinators_keeps_every_key_exactly_once() 
                 restarts += 1;
                 // A holder on this machine whose process is gone is taken over at once; retry
                 // only if the new one started before the old one's exit was visible.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                coordinator = loop {
-                    let mut p =
-                        c.coordinator_with(&format!("coordinator-{restarts}"), 40, c.port, &extra);
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if !p.exited() || p.child.wait().ok().and_then(|s| s.code()) != Some(2) {
-                        break p;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "never took over\n{}",
-                        c.logs_text()
-                    );
-                };
+                coordinator = take_over(&c, &format!("coordinator-{restarts}"), 40, &extra).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,21 +1,13 @@
 //! Bundles are verified before use: every sha256 in bundle.json is checked, and a changed or
 //! missing file is an error that names it.
 
+mod common;
+
 use std::path::Path;
 
-use capfilt_worker::{Bundle, BundleError};
+use common::copy_dir;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
-}
+use capfilt_worker::{Bundle, BundleError};
 
 fn seed() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-seed/captioner")

@@ -2,22 +2,14 @@
 //! its bundles; base-size graphs are gigabytes), and a file changed since is still caught.
 //! Alone in its test binary: it reads the process-wide hashing counter.
 
+mod common;
+
 use std::path::Path;
+
+use common::copy_dir;
 
 use capfilt_worker::bundle::files_hashed;
 use capfilt_worker::{Bundle, BundleError};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
-}
 
 #[test]
 fn a_verified_bundle_is_not_hashed_again_until_a_file_changes() {

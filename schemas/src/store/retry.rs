@@ -239,36 +239,27 @@ impl ObjectStore for RetryStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         let create = matches!(opts.mode, PutMode::Create);
-        let mut retry = 0;
-        loop {
-            match self
-                .inner
-                .put_opts(location, payload.clone(), opts.clone())
-                .await
-            {
-                Err(e @ Error::AlreadyExists { .. }) if create => {
-                    // An earlier try (ours, or the client's own retry) may have landed before
-                    // its response was lost.
-                    return match self.holds(location, &payload).await {
-                        Some(meta) => {
-                            tracing::info!(path = %location, "object store: a create-only write that reported an error had landed; it is this write");
-                            Ok(PutResult {
-                                e_tag: meta.e_tag,
-                                version: meta.version,
-                                extensions: Default::default(),
-                            })
-                        }
-                        None => Err(e),
-                    };
+        let written = with_retries(self.policy, "writing", location, || {
+            self.inner.put_opts(location, payload.clone(), opts.clone())
+        })
+        .await;
+        match written {
+            // An earlier try (ours, or the client's own retry) may have landed before its
+            // response was lost.
+            Err(e @ Error::AlreadyExists { .. }) if create => {
+                match self.holds(location, &payload).await {
+                    Some(meta) => {
+                        tracing::info!(path = %location, "object store: a create-only write that reported an error had landed; it is this write");
+                        Ok(PutResult {
+                            e_tag: meta.e_tag,
+                            version: meta.version,
+                            extensions: Default::default(),
+                        })
+                    }
+                    None => Err(e),
                 }
-                Err(e) if is_transient(&e) && retry < self.policy.max_retries => {
-                    retry += 1;
-                    let wait = self.policy.backoff(retry);
-                    tracing::debug!(operation = "writing", path = %location, retry, wait_ms = wait.as_millis() as u64, error = %e, "object store: retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
             }
+            other => other,
         }
     }
 
