@@ -195,6 +195,12 @@ pub struct WorkerSection {
     pub device: Option<String>,
     /// ONNX Runtime intra-op threads.
     pub intra_threads: Option<usize>,
+    /// auto, fp32 or fp16.
+    pub precision: Option<String>,
+    /// Upper bound of the CUDA provider's memory arena, MiB.
+    pub gpu_memory_limit_mib: Option<usize>,
+    /// exhaustive, heuristic or default.
+    pub cudnn_conv_search: Option<String>,
     /// Bundle cache folder.
     pub cache_dir: Option<PathBuf>,
     /// Seconds a shutting-down worker keeps working before giving its leases back.

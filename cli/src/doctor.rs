@@ -88,5 +88,49 @@ pub fn run(args: DoctorArgs) -> CliResult {
         )));
     }
     println!("test graph on {}:    ok", args.device);
+    if let Device::Cuda(_) = args.device {
+        let driver = capfilt_worker::device::probe_cuda_driver(args.device)
+            .map_err(|e| CliError::Failed(e.into()))?;
+        println!(
+            "nvidia driver:        {} (CUDA {}), {} = {}",
+            driver.version,
+            capfilt_worker::device::cuda_version(driver.cuda),
+            args.device,
+            driver.device_name
+        );
+    }
+    device_resident_round_trip(rt, &options)?;
+    println!(
+        "device row gather:    ok (IoBinding, outputs kept on {})",
+        args.device
+    );
+    Ok(())
+}
+
+/// Gathers rows of a tensor on the device and reads them back through IoBinding, as the
+/// device-resident decoding does at every step where rows leave the batch.
+fn device_resident_round_trip(rt: &OrtRuntime, options: &SessionOptions) -> CliResult {
+    use capfilt_worker::device_io::{DeviceIo, Place};
+    let failed = |e: capfilt_worker::EngineError| CliError::Failed(e.into());
+    let mut io = DeviceIo::new(rt, options, 1, 3).map_err(failed)?;
+    let x = ndarray::Array3::from_shape_fn((4, 2, 3), |(i, j, k)| (100 * i + 10 * j + k) as f32);
+    let value = DeviceIo::host_value(x.clone()).map_err(failed)?;
+    let picked = io.select_rows(&[value], &[3, 1]).map_err(failed)?;
+    let again = io
+        .select_rows_to(&picked, &[1], Place::Host)
+        .map_err(failed)?;
+    let got = again
+        .first()
+        .ok_or_else(|| CliError::Failed(anyhow::anyhow!("row gather returned nothing")))?
+        .try_extract_array::<f32>()
+        .map_err(|e| CliError::Failed(e.into()))?
+        .to_owned();
+    let want = x.select(ndarray::Axis(0), &[1]).into_dyn();
+    if got != want {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "row gather on {} gave {got:?}, expected {want:?}",
+            options.device
+        )));
+    }
     Ok(())
 }

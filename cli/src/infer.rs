@@ -10,7 +10,8 @@ use capfilt_worker::infer::{InferConfig, InferError, ReadOptions, run_infer};
 use capfilt_worker::preprocess::ImageLimits;
 use capfilt_worker::store::StoreError;
 use capfilt_worker::{
-    Bundle, Decoding, Device, GenerationParams, Optimization, OrtConfig, SessionOptions, StepParams,
+    Bundle, ConvSearch, CudaOptions, Decoding, Device, GenerationParams, Optimization, OrtConfig,
+    PrecisionChoice, SessionOptions, StepParams,
 };
 use clap::Args;
 
@@ -65,6 +66,18 @@ pub struct CapfiltOptions {
     /// ONNX Runtime graph optimisation: disable, basic, extended or all.
     #[arg(long, default_value = "all")]
     pub optimization: Optimization,
+    /// Graph precision: auto (fp16 on a CUDA device when the bundles have fp16 graphs, else fp32), fp32 or fp16 [default: auto].
+    #[arg(long, env = "CAPFILT_PRECISION")]
+    pub precision: Option<PrecisionChoice>,
+    /// Copy the decoding state through host memory at every step instead of keeping it on the device (the reference path; slower on a GPU).
+    #[arg(long)]
+    pub host_decoding: bool,
+    /// Upper bound of the CUDA provider's memory arena, MiB [default: the device's memory].
+    #[arg(long, value_parser = crate::exit::at_least_one::<usize>)]
+    pub gpu_memory_limit_mib: Option<usize>,
+    /// cuDNN convolution algorithm search: exhaustive, heuristic or default [default: exhaustive].
+    #[arg(long)]
+    pub cudnn_conv_search: Option<ConvSearch>,
     /// Input column names: img2dataset (key, url, caption, jpg) or laion (URL, TEXT) [default: img2dataset].
     #[arg(long)]
     pub columns: Option<String>,
@@ -214,6 +227,27 @@ impl CapfiltOptions {
             device: self.device(file)?,
             intra_threads: self.intra_threads.or(file.worker.intra_threads),
             optimization: self.optimization,
+            precision: match (self.precision, &file.worker.precision) {
+                (Some(p), _) => p,
+                (None, Some(name)) => name
+                    .parse()
+                    .map_err(|e| CliError::Usage(anyhow!("config [worker] precision: {e}")))?,
+                (None, None) => PrecisionChoice::Auto,
+            },
+            host_decoding: self.host_decoding,
+            cuda: CudaOptions {
+                memory_limit: self
+                    .gpu_memory_limit_mib
+                    .or(file.worker.gpu_memory_limit_mib)
+                    .map(|mib| mib << 20),
+                conv_search: match (self.cudnn_conv_search, &file.worker.cudnn_conv_search) {
+                    (Some(c), _) => c,
+                    (None, Some(name)) => name.parse().map_err(|e| {
+                        CliError::Usage(anyhow!("config [worker] cudnn_conv_search: {e}"))
+                    })?,
+                    (None, None) => ConvSearch::default(),
+                },
+            },
         })
     }
 

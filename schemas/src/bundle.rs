@@ -161,6 +161,51 @@ pub struct GraphSpec {
     pub outputs: Vec<String>,
 }
 
+/// Numeric precision of a set of graphs. fp16 graphs keep fp32 inputs and outputs, so a worker
+/// feeds and reads them exactly as the fp32 ones.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats: the reference graphs, always present.
+    #[default]
+    Fp32,
+    /// 16-bit floats inside the graph (for GPU workers).
+    Fp16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            _ => Err(format!("unknown precision '{s}': use fp32 or fp16")),
+        }
+    }
+}
+
+/// The same graphs at another precision, with the export's check of them against PyTorch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphVariant {
+    /// Graphs by role, as [`BundleManifest::graphs`].
+    pub graphs: BTreeMap<String, GraphSpec>,
+    /// The export's parity figures and the tolerances they were held to.
+    #[serde(default)]
+    pub checks: serde_json::Value,
+}
+
 /// Shapes the inference code needs (KV cache layout, embedding sizes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Architecture {
@@ -218,6 +263,12 @@ pub struct BundleManifest {
     pub architecture: Architecture,
     /// ONNX graphs by role (`vision`, `decoder`, `itm`).
     pub graphs: BTreeMap<String, GraphSpec>,
+    /// Precision of `graphs` (fp32 for every bundle written so far).
+    #[serde(default)]
+    pub precision: Precision,
+    /// The same graphs at other precisions (`fp16` for GPU workers), by precision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<Precision, GraphVariant>,
     /// Provenance and metrics.
     #[serde(default)]
     pub provenance: Provenance,
@@ -234,6 +285,15 @@ impl BundleManifest {
         })?;
         manifest.validate(source)?;
         Ok(manifest)
+    }
+
+    /// Graphs by role at `precision`, if the bundle has them.
+    pub fn graphs_at(&self, precision: Precision) -> Option<&BTreeMap<String, GraphSpec>> {
+        if precision == self.precision {
+            Some(&self.graphs)
+        } else {
+            self.variants.get(&precision).map(|v| &v.graphs)
+        }
     }
 
     /// Checks the manifest's internal consistency: version, required graphs and special tokens,
@@ -254,6 +314,24 @@ impl BundleManifest {
                 return Err(bad(format!(
                     "a {} bundle needs a '{graph}' graph",
                     self.kind
+                )));
+            }
+        }
+        for (precision, variant) in &self.variants {
+            if *precision == self.precision {
+                return Err(bad(format!(
+                    "variants.{precision} repeats the precision of graphs"
+                )));
+            }
+            let (mut want, mut have): (Vec<_>, Vec<_>) = (
+                self.graphs.keys().collect(),
+                variant.graphs.keys().collect(),
+            );
+            want.sort();
+            have.sort();
+            if want != have {
+                return Err(bad(format!(
+                    "variants.{precision} has graphs {have:?}, not the bundle's {want:?}"
                 )));
             }
         }
@@ -280,6 +358,7 @@ impl BundleManifest {
         let needed = self
             .graphs
             .values()
+            .chain(self.variants.values().flat_map(|v| v.graphs.values()))
             .map(|g| g.file.as_str())
             .chain(std::iter::once(self.tokenizer.file.as_str()));
         for file in needed {
@@ -352,12 +431,53 @@ mod tests {
                 ("vision".into(), graph("vision.onnx")),
                 ("decoder".into(), graph("decoder.onnx")),
             ]),
+            precision: Precision::Fp32,
+            variants: BTreeMap::new(),
             provenance: Provenance::default(),
             files: ["vision.onnx", "decoder.onnx", "tokenizer.json"]
                 .into_iter()
                 .map(|f| (f.to_string(), "0".repeat(64)))
                 .collect(),
         }
+    }
+
+    fn graph16(file: &str) -> GraphSpec {
+        GraphSpec {
+            file: file.into(),
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+        }
+    }
+
+    #[test]
+    fn an_fp16_variant_round_trips_and_is_picked_by_precision() {
+        let mut m = captioner();
+        m.variants.insert(
+            Precision::Fp16,
+            GraphVariant {
+                graphs: BTreeMap::from([
+                    ("vision".into(), graph16("vision.fp16.onnx")),
+                    ("decoder".into(), graph16("decoder.fp16.onnx")),
+                ]),
+                checks: serde_json::json!({"relative_tolerance": 0.02}),
+            },
+        );
+        for f in ["vision.fp16.onnx", "decoder.fp16.onnx"] {
+            m.files.insert(f.into(), "1".repeat(64));
+        }
+        let json = serde_json::to_string(&m).expect("json");
+        assert!(json.contains(r#""precision":"fp32""#) && json.contains(r#""fp16":{"#));
+        let back = BundleManifest::from_json("b", &json).expect("valid");
+        assert_eq!(back, m);
+        assert_eq!(
+            back.graphs_at(Precision::Fp16).expect("fp16")["decoder"].file,
+            "decoder.fp16.onnx"
+        );
+        assert_eq!(
+            back.graphs_at(Precision::Fp32).expect("fp32")["decoder"].file,
+            "decoder.onnx"
+        );
+        assert!(captioner().graphs_at(Precision::Fp16).is_none());
     }
 
     #[test]
@@ -384,6 +504,27 @@ mod tests {
         m.files.insert("vision.onnx".into(), "XYZ".into());
         let e = m.validate("f").expect_err("bad hash").to_string();
         assert!(e.contains("vision.onnx"), "{e}");
+
+        let mut m = captioner();
+        m.variants.insert(
+            Precision::Fp16,
+            GraphVariant {
+                graphs: BTreeMap::from([("vision".into(), graph16("vision.fp16.onnx"))]),
+                checks: serde_json::Value::Null,
+            },
+        );
+        let e = m
+            .validate("f")
+            .expect_err("variant lacks decoder")
+            .to_string();
+        assert!(e.contains("variants.fp16"), "{e}");
+        m.variants
+            .get_mut(&Precision::Fp16)
+            .expect("fp16")
+            .graphs
+            .insert("decoder".into(), graph16("decoder.fp16.onnx"));
+        let e = m.validate("f").expect_err("no hash").to_string();
+        assert!(e.contains("decoder.fp16.onnx"), "{e}");
 
         let e = BundleManifest::from_json("bundle.json", "{}")
             .expect_err("empty")

@@ -16,6 +16,17 @@ def span(text: str) -> tuple[float, float]:
     return start, end
 
 
+def precisions(text: str) -> list[str]:
+    """``fp32``, ``fp16`` or ``fp32,fp16``; fp32 graphs are always written."""
+    from .export import PRECISIONS
+
+    got = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in got if p not in PRECISIONS]
+    if bad or not got:
+        raise argparse.ArgumentTypeError(f"'{text}': use {' or '.join(PRECISIONS)}, comma-separated")
+    return sorted(set(got) | {"fp32"}, key=PRECISIONS.index)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m capfilt_trainer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--eval", dest="eval_data", help="held-out Parquet to evaluate on; figures go into bundle.json")
     e.add_argument("--parent", help="parent bundle (URL or sha256) for provenance")
     e.add_argument("--verify-images", help="Parquet with images for the export check (default: synthetic shapes)")
+    e.add_argument("--precision", type=precisions, default=["fp32"], metavar="LIST",
+                   help="graph precisions to write, comma-separated: fp32 (always written) and fp16 (for GPU workers)")
 
     v = sub.add_parser("eval", help="evaluate a bundle on a held-out split; prints a table, records it in bundle.json")
     v.add_argument("--bundle", required=True)

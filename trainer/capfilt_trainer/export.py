@@ -1,7 +1,13 @@
 """Export a captioner or filter checkpoint as a capfilt bundle, and verify it: ONNX Runtime
 against PyTorch on every graph (max abs diff <= 1e-4, past length 0 and left-padded batches
 included) and, for a captioner, identical greedy captions from an ONNX-only loop and HF's
-``generate``. A failed check removes nothing but fails the export (exit code 1)."""
+``generate``. A failed check removes nothing but fails the export (exit code 1).
+
+``--precision fp16`` adds a second set of graphs for GPU workers (``variants.fp16`` in
+bundle.json): the fp32 graphs converted by ONNX Runtime's float16 converter with fp32 inputs and
+outputs kept (so the worker feeds and reads them exactly as the fp32 ones), checked against the
+same PyTorch fp32 references with the relative tolerance recorded next to them; the captioner's
+check also records how many greedy captions of the fp16 graphs equal HF ``generate``'s."""
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +30,9 @@ from .preprocess import decode_caption, encode_texts, pixel_values, prompt_ids
 
 OPSET = 18
 TOLERANCE = 1e-4
+# fp16 graphs against PyTorch fp32: max abs diff / max |reference| of each output.
+FP16_RELATIVE_TOLERANCE = 2e-2
+PRECISIONS = ("fp32", "fp16")
 GENERATION = {"decoding": "nucleus", "top_p": 0.9, "temperature": 1.0, "num_beams": 3, "repetition_penalty": 1.1, "min_length": 10, "max_length": 30}
 FILTER_MAX_TOKENS = 35
 
@@ -61,6 +70,30 @@ def _check(name: str, got, want) -> float:
     return diff
 
 
+def _check_relative(name: str, got, want, tolerance: float) -> float:
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if not np.all(np.isfinite(got)):
+        raise ExportCheckFailed(f"{name}: the fp16 graph gives non-finite values")
+    rel = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6))
+    progress(f"[export] check {name}: max abs diff / max |ref| {rel:.2e}")
+    if not rel <= tolerance:
+        raise ExportCheckFailed(f"{name}: the fp16 graph differs from PyTorch fp32 by {rel:.3e} of the output's range > {tolerance}")
+    return rel
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """``src`` converted to float16 weights and arithmetic, inputs and outputs kept float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+def fp16_file(file: str) -> str:
+    return file.removesuffix(".onnx") + ".fp16.onnx"
+
+
 def verify_images(url: str | None, count: int = 6) -> list[bytes]:
     if url:
         return [e.image for e in read_examples(url, limit=count)]
@@ -82,7 +115,7 @@ def verify_images(url: str | None, count: int = 6) -> list[bytes]:
 # --- captioner ----------------------------------------------------------------------------------
 
 
-def export_captioner(model, tok, out: Path, images: list[bytes]) -> tuple[dict, dict]:
+def export_captioner(model, tok, out: Path, images: list[bytes], fp16: bool = False) -> tuple[dict, dict, dict | None]:
     cfg = model.config.text_config
     n, heads = cfg.num_hidden_layers, cfg.num_attention_heads
     size = image_size(model)
@@ -114,6 +147,7 @@ def export_captioner(model, tok, out: Path, images: list[bytes]) -> tuple[dict, 
     dyn.update({"logits": {0: "batch"}, **{k: {0: "batch", 2: "total"} for k in present_names}})
     _export(step, ex, out / "decoder.onnx", d_in, d_out, dyn)
     dec = _session(out / "decoder.onnx")
+    decoder_cases = []  # (label, feed, reference outputs), for the fp16 check
 
     def run_both(ids, pos, mask, past, cross, label):
         with torch.no_grad():
@@ -121,6 +155,7 @@ def export_captioner(model, tok, out: Path, images: list[bytes]) -> tuple[dict, 
         feed = {"input_ids": ids.numpy(), "position_ids": pos.numpy(), "attention_mask": mask.numpy()}
         feed.update({k: x.numpy() for k, x in zip(past_names + cross_names, list(past) + list(cross))})
         got = dec.run(None, feed)
+        decoder_cases.append((label, feed, ref))
         return max(_check(f"decoder {label} {name}", g, r) for name, g, r in zip(d_out, got, ref)), ref
 
     pid = prompt_ids(tok, special["[DEC]"])
@@ -159,7 +194,31 @@ def export_captioner(model, tok, out: Path, images: list[bytes]) -> tuple[dict, 
         "vision": {"file": "vision.onnx", "inputs": ["pixel_values"], "outputs": v_out},
         "decoder": {"file": "decoder.onnx", "inputs": d_in, "outputs": d_out},
     }
-    return graphs, checks
+    if not fp16:
+        return graphs, checks, None
+
+    graphs16 = {role: {**g, "file": fp16_file(g["file"])} for role, g in graphs.items()}
+    for role, g in graphs.items():
+        to_fp16(out / g["file"], out / graphs16[role]["file"])
+    tol = FP16_RELATIVE_TOLERANCE
+    v16 = _session(out / graphs16["vision"]["file"]).run(None, {"pixel_values": px.numpy()})
+    checks16 = {"vision": max(_check_relative(f"fp16 vision {name}", o, r, tol) for name, o, r in zip(v_out, v16, v_ref))}
+    dec16 = _session(out / graphs16["decoder"]["file"])
+    checks16["decoder"] = max(
+        _check_relative(f"fp16 decoder {label} {name}", g, r, tol)
+        for label, feed, ref in decoder_cases
+        for name, g, r in zip(d_out, dec16.run(None, feed), ref)
+    )
+    caps16 = greedy_onnx(out, tok, px.numpy(), GENERATION["max_length"], GENERATION["min_length"],
+                         vision_file=graphs16["vision"]["file"], decoder_file=graphs16["decoder"]["file"])
+    same = sum(a == b for a, b in zip(caps16, hf_caps))
+    progress(f"[export] check fp16 greedy captions: {same} of {len(hf_caps)} identical to HF generate (fp32)")
+    variant = {
+        "graphs": graphs16,
+        "checks": {"relative_tolerance": tol, "max_relative_diff": checks16,
+                   "greedy_captions_equal": same, "greedy_captions_checked": len(hf_caps)},
+    }
+    return graphs, checks, variant
 
 
 def strip_ids(ids: list[int], special: dict[str, int]) -> list[int]:
@@ -168,10 +227,11 @@ def strip_ids(ids: list[int], special: dict[str, int]) -> list[int]:
     return ids[: ids.index(sep) + 1] if sep in ids else ids
 
 
-def greedy_onnx(bundle: Path, tok, pixels: np.ndarray, max_length: int, min_length: int) -> list[list[int]]:
+def greedy_onnx(bundle: Path, tok, pixels: np.ndarray, max_length: int, min_length: int,
+                vision_file: str = "vision.onnx", decoder_file: str = "decoder.onnx") -> list[list[int]]:
     """Greedy decoding with the bundle's two ONNX graphs only (one image at a time)."""
     special = toks.special_ids(tok)
-    vision, dec = _session(bundle / "vision.onnx"), _session(bundle / "decoder.onnx")
+    vision, dec = _session(bundle / vision_file), _session(bundle / decoder_file)
     names = [i.name for i in dec.get_inputs()]
     n = sum(1 for x in names if x.startswith("past_")) // 2
     out = []
@@ -203,7 +263,7 @@ def greedy_onnx(bundle: Path, tok, pixels: np.ndarray, max_length: int, min_leng
 # --- filter -------------------------------------------------------------------------------------
 
 
-def export_filter(model, tok, out: Path, images: list[bytes]) -> tuple[dict, dict]:
+def export_filter(model, tok, out: Path, images: list[bytes], fp16: bool = False) -> tuple[dict, dict, dict | None]:
     special = toks.special_ids(tok)
     px = pixel_values(images, image_size(model))
     vision = FilterVision(model).eval()
@@ -239,7 +299,29 @@ def export_filter(model, tok, out: Path, images: list[bytes]) -> tuple[dict, dic
         "vision": {"file": "vision.onnx", "inputs": ["pixel_values"], "outputs": ["image_embeds"]},
         "itm": {"file": "itm.onnx", "inputs": ["image_embeds", "input_ids", "attention_mask"], "outputs": ["itm_logits", "itc_sim"]},
     }
-    return graphs, checks
+    if not fp16:
+        return graphs, checks, None
+
+    graphs16 = {role: {**g, "file": fp16_file(g["file"])} for role, g in graphs.items()}
+    for role, g in graphs.items():
+        to_fp16(out / g["file"], out / graphs16[role]["file"])
+    tol = FP16_RELATIVE_TOLERANCE
+    emb16 = _session(out / graphs16["vision"]["file"]).run(None, {"pixel_values": px.numpy()})[0]
+    checks16 = {"vision": _check_relative("fp16 vision image_embeds", emb16, emb, tol)}
+    # The fp16 ITM graph on the fp16 vision graph's embeddings: the whole fp16 path, as a GPU worker runs it.
+    logits16, sim16 = _session(out / graphs16["itm"]["file"]).run(
+        None, {"image_embeds": emb16, "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    ref_logits = torch.stack(ref_logits).numpy()
+    checks16["itm"] = max(_check_relative("fp16 itm logits", logits16, ref_logits, tol),
+                          _check_relative("fp16 itc sim", sim16, torch.stack(ref_sim), tol))
+    prob = lambda l: 1.0 / (1.0 + np.exp(l[:, 0] - l[:, 1]))  # noqa: E731
+    prob_diff = float(np.max(np.abs(prob(np.asarray(logits16, np.float64)) - prob(ref_logits.astype(np.float64)))))
+    progress(f"[export] check fp16 ITM probability: max abs diff {prob_diff:.2e}")
+    variant = {
+        "graphs": graphs16,
+        "checks": {"relative_tolerance": tol, "max_relative_diff": checks16, "itm_prob_max_abs_diff": prob_diff},
+    }
+    return graphs, checks, variant
 
 
 # --- bundle -------------------------------------------------------------------------------------
@@ -272,10 +354,11 @@ def export(args) -> Path:
     model = cls.from_pretrained(str(ckpt)).eval()
     images = verify_images(args.verify_images)
     try:
+        fp16 = "fp16" in args.precision
         if args.kind == "captioner":
-            graphs, checks = export_captioner(model, tok, tmp, images)
+            graphs, checks, fp16_variant = export_captioner(model, tok, tmp, images, fp16)
         else:
-            graphs, checks = export_filter(model, tok, tmp, images)
+            graphs, checks, fp16_variant = export_filter(model, tok, tmp, images, fp16)
     except ExportCheckFailed as e:
         print(f"error: export check failed: {e}", file=sys.stderr)
         sys.exit(1)
@@ -298,6 +381,7 @@ def export(args) -> Path:
             "text_hidden_size": tcfg.hidden_size, "text_layers": tcfg.num_hidden_layers, "text_heads": tcfg.num_attention_heads, "vocab_size": tcfg.vocab_size,
         },
         "graphs": graphs,
+        "precision": "fp32",
         "provenance": {
             "parent": args.parent,
             "training_data": train_record.get("data", []) + train_record.get("rounds", []),
@@ -307,6 +391,8 @@ def export(args) -> Path:
             "train": train_record,
         },
     }
+    if fp16_variant is not None:
+        manifest["variants"] = {"fp16": fp16_variant}
     if args.kind == "captioner":
         manifest["prompt"] = PROMPT
         manifest["generation"] = GENERATION

@@ -146,9 +146,12 @@ def train_task(spec: dict, work: Path) -> None:
             upload_dir(ckpt, ckpt_url, last="train.json")
         bundle = work / "bundles" / kind
         parent = sha256(current / "bundle.json")
+        # A retrained bundle keeps the precisions of the one it replaces (GPU workers pick fp16).
+        variants = json.loads((current / "bundle.json").read_text()).get("variants", {})
+        precision = ",".join(["fp32", *sorted(variants)])
         args = _parser().parse_args(
             ["export", "--checkpoint", str(ckpt), "--kind", kind, "--out", str(bundle), "--name", model["name"],
-             "--verify-images", spec["eval_data"], "--parent", parent]
+             "--verify-images", spec["eval_data"], "--parent", parent, "--precision", precision]
         )
         export(args)
         record_metrics(bundle, evaluate_bundle(bundle, spec["eval_data"], None))

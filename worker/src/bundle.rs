@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use capfilt_schemas::SchemaError;
-use capfilt_schemas::bundle::{BUNDLE_MANIFEST_FILE, BundleKind, BundleManifest};
+use capfilt_schemas::bundle::{BUNDLE_MANIFEST_FILE, BundleKind, BundleManifest, Precision};
 use sha2::{Digest, Sha256};
 
 use crate::text::{BlipTokenizer, TextError};
@@ -380,12 +380,20 @@ impl Bundle {
         }
     }
 
-    /// Path of the graph called `name` (`vision`, `decoder`, `itm`).
-    pub fn graph_path(&self, name: &str) -> Option<PathBuf> {
+    /// Path of the graph called `name` (`vision`, `decoder`, `itm`) at `precision`.
+    pub fn graph_path(&self, name: &str, precision: Precision) -> Option<PathBuf> {
         self.manifest
-            .graphs
+            .graphs_at(precision)?
             .get(name)
             .map(|g| self.dir.join(&g.file))
+    }
+
+    /// Precisions this bundle has graphs at (fp32 first).
+    pub fn precisions(&self) -> Vec<Precision> {
+        let mut out = vec![self.manifest.precision];
+        out.extend(self.manifest.variants.keys().copied());
+        out.sort();
+        out
     }
 
     /// The bundle's tokenizer.

@@ -3,22 +3,25 @@
 //! per image; `decoder` runs one step with a self-attention KV cache. Generation is batched:
 //! each row is one (image, candidate) sequence with its own RNG, the KV cache is carried from
 //! step to step, and rows that finish leave the batch (their cache rows are dropped) so no step
-//! is spent on them.
+//! is spent on them. By default the cross K/V and the cache stay on the execution device
+//! between steps (`decode_state`, IoBinding); only token ids go up and logits come down.
 
 use std::collections::HashMap;
 
-use ndarray::{Array2, Array4, ArrayD, ArrayView4, Axis, IxDyn};
+use ndarray::{Array2, Array4, ArrayView4};
 use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorRef};
+use ort::value::TensorRef;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::bundle::Bundle;
+use crate::decode_state::{DecodeState, DecoderNames, ImageKv};
+use crate::device_io::{DeviceIo, Place};
 use crate::engine_error::EngineError;
 use crate::runtime::{OrtRuntime, SessionOptions};
 use crate::sampling::{self, Decoding, GenerationParams};
 use crate::text::BlipTokenizer;
-use capfilt_schemas::bundle::{BundleKind, Preprocessing};
+use capfilt_schemas::bundle::{BundleKind, Precision, Preprocessing};
 
 /// One synthetic caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +51,9 @@ pub struct SeedBase<'a> {
 pub struct Captioner {
     vision: Session,
     decoder: Session,
+    io: Option<DeviceIo>,
+    names: DecoderNames,
+    precision: Precision,
     tokenizer: BlipTokenizer,
     prompt: String,
     prompt_ids: Vec<u32>,
@@ -101,14 +107,41 @@ pub(crate) fn check_io(
     Ok(())
 }
 
+/// The precision of `bundle`'s graphs that `options` pick on their device.
+pub(crate) fn pick_precision(
+    bundle: &Bundle,
+    options: &SessionOptions,
+) -> Result<Precision, EngineError> {
+    let available = bundle.precisions();
+    options
+        .precision
+        .pick(options.device, &available)
+        .ok_or_else(|| {
+            EngineError::Params(format!(
+                "bundle {} has no {} graphs (it has {}); export it with `python -m capfilt_trainer export --precision fp32,fp16` or choose --precision auto",
+                bundle.source,
+                options.precision,
+                available
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
 pub(crate) fn load_graph(
     rt: &OrtRuntime,
     bundle: &Bundle,
     name: &str,
+    precision: Precision,
     options: &SessionOptions,
 ) -> Result<Session, EngineError> {
-    let path = bundle.graph_path(name).ok_or_else(|| {
-        EngineError::Graph(format!("bundle {} has no '{name}' graph", bundle.source))
+    let path = bundle.graph_path(name, precision).ok_or_else(|| {
+        EngineError::Graph(format!(
+            "bundle {} has no {precision} '{name}' graph",
+            bundle.source
+        ))
     })?;
     Ok(rt.session(&path, options)?)
 }
@@ -146,8 +179,9 @@ impl Captioner {
         bundle.expect_kind(BundleKind::Captioner)?;
         let m = &bundle.manifest;
         let layers = m.architecture.text_layers as usize;
-        let vision = load_graph(rt, bundle, "vision", options)?;
-        let decoder = load_graph(rt, bundle, "decoder", options)?;
+        let precision = pick_precision(bundle, options)?;
+        let vision = load_graph(rt, bundle, "vision", precision, options)?;
+        let decoder = load_graph(rt, bundle, "decoder", precision, options)?;
         let mut vision_out = vec!["image_embeds".to_string()];
         vision_out.extend(kv_names("cross", layers));
         check_io(&vision, "vision", &["pixel_values".into()], &vision_out)?;
@@ -174,9 +208,17 @@ impl Captioner {
             .as_ref()
             .map(GenerationParams::from_bundle)
             .unwrap_or_default();
+        let io = if options.host_decoding {
+            None
+        } else {
+            Some(DeviceIo::new(rt, options, 2 * layers, 4)?)
+        };
         Ok(Self {
             vision,
             decoder,
+            io,
+            names: DecoderNames::new(layers),
+            precision,
             tokenizer,
             prompt,
             prompt_ids,
@@ -194,6 +236,16 @@ impl Captioner {
         &self.defaults
     }
 
+    /// Precision of the graphs loaded.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether the decoding state stays on the device between steps (IoBinding).
+    pub fn device_resident(&self) -> bool {
+        self.io.is_some()
+    }
+
     /// How images must be preprocessed for this captioner.
     pub fn preprocessing(&self) -> &Preprocessing {
         &self.preprocessing
@@ -204,19 +256,31 @@ impl Captioner {
         &self.prompt_ids
     }
 
-    /// Runs the vision graph: each layer's cross-attention K and V, `[B, heads, patches, d]`.
-    fn cross_kv(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>, EngineError> {
+    /// Runs the vision graph: each layer's cross-attention K and V, `[B, heads, patches, d]`,
+    /// kept on the device when decoding is device-resident.
+    fn cross_kv(&mut self, pixels: ArrayView4<'_, f32>) -> Result<ImageKv, EngineError> {
+        if let Some(io) = &self.io {
+            let pixels = DeviceIo::host_value(pixels.to_owned())?;
+            let outputs: Vec<(&str, Place)> = self
+                .names
+                .cross
+                .iter()
+                .map(|n| (n.as_str(), Place::Device))
+                .collect();
+            let values = io.run(&mut self.vision, &[("pixel_values", &pixels)], &outputs)?;
+            return Ok(ImageKv::Device(values));
+        }
         let mut outputs = self
             .vision
             .run(ort::inputs!["pixel_values" => TensorRef::from_array_view(pixels)?])?;
         let mut out = Vec::with_capacity(2 * self.layers);
-        for name in kv_names("cross", self.layers) {
+        for name in &self.names.cross {
             let value = outputs
                 .remove(name.as_str())
                 .ok_or_else(|| EngineError::Graph(format!("vision: no output {name}")))?;
             out.push(value.try_extract_array::<f32>()?.to_owned());
         }
-        Ok(out)
+        Ok(ImageKv::Host(out))
     }
 
     /// Generates captions for a batch of preprocessed images (`[B, 3, S, S]`), one list per
@@ -241,102 +305,27 @@ impl Captioner {
         }
         let cross = self.cross_kv(pixels)?;
         match params.decoding {
-            Decoding::Greedy | Decoding::Nucleus => self.sample_loop(&cross, seeds, params),
-            Decoding::Beam => self.beam_loop(&cross, batch, params),
+            Decoding::Greedy | Decoding::Nucleus => self.sample_loop(cross, seeds, params),
+            Decoding::Beam => self.beam_loop(cross, batch, params),
         }
     }
 
-    /// Rows `rows` of every cross K/V array, as decoder inputs.
-    fn select_values(arrays: &[ArrayD<f32>], rows: &[usize]) -> Result<Vec<DynValue>, EngineError> {
-        arrays
-            .iter()
-            .map(|a| Ok(Tensor::from_array(a.select(Axis(0), rows))?.into_dyn()))
-            .collect()
-    }
-
-    fn select_dyn(values: &[DynValue], rows: &[usize]) -> Result<Vec<DynValue>, EngineError> {
-        values
-            .iter()
-            .map(|v| {
-                let a = v.try_extract_array::<f32>()?;
-                Ok(Tensor::from_array(a.select(Axis(0), rows))?.into_dyn())
-            })
-            .collect()
-    }
-
-    fn empty_past(&self, rows: usize, cross: &[ArrayD<f32>]) -> Result<Vec<DynValue>, EngineError> {
-        let shape = cross
-            .first()
-            .map(|a| a.shape().to_vec())
-            .ok_or_else(|| EngineError::Graph("vision returned no cross K/V".into()))?;
-        let (heads, d) = (shape[1], shape[3]);
-        (0..2 * self.layers)
-            .map(|_| {
-                Ok(
-                    Tensor::from_array(ArrayD::<f32>::zeros(IxDyn(&[rows, heads, 0, d])))?
-                        .into_dyn(),
-                )
-            })
-            .collect()
-    }
-
-    /// One decoder step for `input_ids` `[R, T]` after `past_len` cached positions; returns
-    /// the last position's logits `[R, V]` and the new cache.
+    /// One decoder step; counts it.
     fn step(
         &mut self,
+        state: &mut DecodeState,
         input_ids: Array2<i64>,
-        past_len: usize,
-        past: &[DynValue],
-        cross: &[DynValue],
-    ) -> Result<(Array2<f32>, Vec<DynValue>), EngineError> {
-        let (rows, t) = input_ids.dim();
-        let position_ids = Array2::from_shape_fn((rows, t), |(_, j)| (past_len + j) as i64);
-        let mask = Array2::<i64>::ones((rows, past_len + t));
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
-            (
-                "input_ids".into(),
-                Tensor::from_array(input_ids)?.into_dyn().into(),
-            ),
-            (
-                "position_ids".into(),
-                Tensor::from_array(position_ids)?.into_dyn().into(),
-            ),
-            (
-                "attention_mask".into(),
-                Tensor::from_array(mask)?.into_dyn().into(),
-            ),
-        ];
-        for (name, v) in kv_names("past", self.layers).into_iter().zip(past) {
-            inputs.push((name, v.into()));
-        }
-        for (name, v) in kv_names("cross", self.layers).into_iter().zip(cross) {
-            inputs.push((name, v.into()));
-        }
-        let mut outputs = self.decoder.run(inputs)?;
-        let logits = outputs
-            .remove("logits")
-            .ok_or_else(|| EngineError::Graph("decoder: no logits".into()))?;
-        let logits = logits
-            .try_extract_array::<f32>()?
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| EngineError::Graph(format!("decoder logits: {e}")))?
-            .to_owned();
-        let mut present = Vec::with_capacity(2 * self.layers);
-        for name in kv_names("present", self.layers) {
-            present.push(
-                outputs
-                    .remove(name.as_str())
-                    .ok_or_else(|| EngineError::Graph(format!("decoder: no {name}")))?,
-            );
-        }
+    ) -> Result<Array2<f32>, EngineError> {
+        let rows = input_ids.dim().0;
+        let logits = state.step(&mut self.decoder, self.io.as_ref(), &self.names, input_ids)?;
         self.steps_run += 1;
         self.rows_stepped += rows as u64;
-        Ok((logits, present))
+        Ok(logits)
     }
 
     fn sample_loop(
         &mut self,
-        cross: &[ArrayD<f32>],
+        cross: ImageKv,
         seeds: &[SeedBase<'_>],
         params: &GenerationParams,
     ) -> Result<Vec<Vec<Caption>>, EngineError> {
@@ -358,9 +347,7 @@ impl Captioner {
         let mut finished: Vec<Option<Vec<u32>>> = vec![None; rows.len()];
         let mut active: Vec<usize> = (0..rows.len()).collect();
         let image_rows: Vec<usize> = rows.iter().map(|r| r.image).collect();
-        let mut cross_v = Self::select_values(cross, &image_rows)?;
-        let mut past = self.empty_past(rows.len(), cross)?;
-        let mut past_len = 0usize;
+        let mut state = DecodeState::new(cross, &image_rows, self.io.as_mut())?;
         let mut feed: Array2<i64> =
             Array2::from_shape_fn((rows.len(), self.prompt_ids.len()), |(_, j)| {
                 i64::from(self.prompt_ids[j])
@@ -370,9 +357,7 @@ impl Captioner {
             active.clear();
         }
         while !active.is_empty() {
-            let t = feed.dim().1;
-            let (mut logits, present) = self.step(feed, past_len, &past, &cross_v)?;
-            past_len += t;
+            let mut logits = self.step(&mut state, feed)?;
             let mut next = Vec::with_capacity(active.len());
             let mut keep = Vec::with_capacity(active.len());
             for (i, &r) in active.iter().enumerate() {
@@ -399,13 +384,8 @@ impl Captioner {
             if keep.is_empty() {
                 break;
             }
-            if keep.len() == active.len() {
-                past = present;
-            } else {
-                past = Self::select_dyn(&present, &keep)?;
-                let cross_rows: Vec<usize> = keep.iter().map(|&i| image_rows[active[i]]).collect();
-                cross_v = Self::select_values(cross, &cross_rows)?;
-            }
+            let cross_rows: Vec<usize> = keep.iter().map(|&i| image_rows[active[i]]).collect();
+            state.reorder(self.io.as_mut(), &keep, &cross_rows)?;
             active = keep.iter().map(|&i| active[i]).collect();
             feed = Array2::from_shape_vec((next.len(), 1), next)
                 .map_err(|e| EngineError::Graph(e.to_string()))?;
@@ -426,7 +406,7 @@ impl Captioner {
 
     fn beam_loop(
         &mut self,
-        cross: &[ArrayD<f32>],
+        cross: ImageKv,
         batch: usize,
         params: &GenerationParams,
     ) -> Result<Vec<Vec<Caption>>, EngineError> {
@@ -449,8 +429,7 @@ impl Captioner {
             .collect();
         // Row r of the batch = (image, beam) in this order.
         let mut layout: Vec<(usize, usize)> = (0..batch).map(|i| (i, 0)).collect();
-        let mut cross_v = Self::select_values(cross, &(0..batch).collect::<Vec<_>>())?;
-        let mut past = self.empty_past(batch, cross)?;
+        let mut state = DecodeState::new(cross, &(0..batch).collect::<Vec<_>>(), self.io.as_mut())?;
         let mut past_len = 0;
         let mut feed =
             Array2::from_shape_fn((batch, prompt_len), |(_, j)| i64::from(self.prompt_ids[j]));
@@ -459,7 +438,7 @@ impl Captioner {
         }
         while !layout.is_empty() {
             let t = feed.dim().1;
-            let (mut logits, present) = self.step(feed, past_len, &past, &cross_v)?;
+            let mut logits = self.step(&mut state, feed)?;
             past_len += t;
             let cur_len = past_len + 1;
             // Candidates per image: (score, parent row, token).
@@ -553,12 +532,11 @@ impl Captioner {
             if new_layout.is_empty() {
                 break;
             }
-            past = Self::select_dyn(&present, &parents)?;
             let cross_rows: Vec<usize> = new_layout
                 .iter()
                 .map(|&(img, _)| images[img].image)
                 .collect();
-            cross_v = Self::select_values(cross, &cross_rows)?;
+            state.reorder(self.io.as_mut(), &parents, &cross_rows)?;
             layout = new_layout;
             feed = Array2::from_shape_vec((next_tokens.len(), 1), next_tokens)
                 .map_err(|e| EngineError::Graph(e.to_string()))?;

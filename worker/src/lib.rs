@@ -2,7 +2,9 @@
 
 pub mod bundle;
 pub mod captioner;
+pub mod decode_state;
 pub mod device;
+pub mod device_io;
 pub mod engine;
 pub mod engine_error;
 pub mod filter;
@@ -25,9 +27,12 @@ pub use captioner::{Caption, Captioner, SeedBase};
 pub use device::Device;
 pub use engine::{Engine, Judged, PreparedImage, StepParams};
 pub use engine_error::EngineError;
-pub use filter::{Filter, PairScore};
+pub use filter::{Filter, ImageEmbeds, PairScore};
 pub use infer::{InferConfig, InferError, InferSummary, ReadOptions, process_parquet, run_infer};
-pub use runtime::{ORT_VERSION, Optimization, OrtConfig, OrtError, OrtRuntime, SessionOptions};
+pub use runtime::{
+    ConvSearch, CudaOptions, ORT_VERSION, Optimization, OrtConfig, OrtError, OrtRuntime,
+    PrecisionChoice, SessionOptions,
+};
 pub use sampling::{Decoding, GenerationParams};
 
 /// A small per-process nonce for generated ids.

@@ -18,6 +18,7 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
 use crate::device::Device;
+use capfilt_schemas::bundle::Precision;
 
 /// ONNX Runtime version this build expects (ort's `api-31` feature).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -61,6 +62,9 @@ pub enum OrtError {
         /// Library asked for.
         requested: PathBuf,
     },
+    /// The NVIDIA driver cannot run the GPU build.
+    #[error(transparent)]
+    Driver(#[from] crate::device::DriverError),
     /// A CUDA device was asked for in a build without the `cuda` feature.
     #[error(
         "device {0} needs a capfilt build with the `cuda` feature (cargo build --features cuda)"
@@ -239,6 +243,20 @@ impl OrtRuntime {
             .map_err(|e| OrtError::ort(format!("loading the graph {name}"), e))
     }
 
+    /// Builds a session for a graph made with ONNX Runtime's model editor; `name` identifies it in
+    /// errors.
+    pub fn session_from_model(
+        &self,
+        name: &str,
+        model: ort::editor::Model,
+        options: &SessionOptions,
+    ) -> Result<Session, OrtError> {
+        let builder = self.builder(name, options)?;
+        model
+            .into_session(&builder)
+            .map_err(|e| OrtError::ort(format!("building the graph {name}"), e))
+    }
+
     fn builder(&self, what: &str, options: &SessionOptions) -> Result<SessionBuilder, OrtError> {
         let ctx = |step: &str| format!("{step} for {what}");
         let mut builder = Session::builder(&self.environment)
@@ -250,7 +268,7 @@ impl OrtRuntime {
                 .with_intra_threads(n)
                 .map_err(|e| OrtError::ort(ctx("setting intra-op threads"), e))?;
         }
-        register_device(builder, options.device).map_err(|e| match e {
+        register_device(builder, options).map_err(|e| match e {
             OrtError::Ort { message, .. } => {
                 OrtError::ort(ctx(&format!("registering {}", options.device)), message)
             }
@@ -260,28 +278,103 @@ impl OrtRuntime {
 }
 
 #[cfg(feature = "cuda")]
-fn register_device(builder: SessionBuilder, device: Device) -> Result<SessionBuilder, OrtError> {
-    match device {
+fn register_device(
+    builder: SessionBuilder,
+    options: &SessionOptions,
+) -> Result<SessionBuilder, OrtError> {
+    use ort::ep::cuda::ConvAlgorithmSearch;
+    match options.device {
         Device::Cpu => Ok(builder),
         Device::Cuda(n) => {
+            checked_driver(options.device)?;
             let ordinal = i32::try_from(n).map_err(|e| OrtError::ort("cuda device ordinal", e))?;
-            // error_on_failure: a GPU worker must never fall back to the CPU silently.
+            let mut cuda = ort::ep::CUDA::default()
+                .with_device_id(ordinal)
+                .with_conv_algorithm_search(match options.cuda.conv_search {
+                    ConvSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
+                    ConvSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
+                    ConvSearch::Default => ConvAlgorithmSearch::Default,
+                })
+                .with_conv_max_workspace(true)
+                .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+            if let Some(limit) = options.cuda.memory_limit {
+                cuda = cuda.with_memory_limit(limit);
+            }
+            // error_on_failure: a GPU worker must never fall back to the CPU silently; and no
+            // node of a graph may be placed on the CPU provider either (ONNX Runtime then fails
+            // the session instead of copying tensors to the host and back at every such node).
             builder
-                .with_execution_providers([ort::ep::CUDA::default()
-                    .with_device_id(ordinal)
-                    .build()
-                    .error_on_failure()])
-                .map_err(|e| OrtError::ort("the CUDA execution provider", e))
+                .with_execution_providers([cuda.build().error_on_failure()])
+                .map_err(|e| OrtError::ort("the CUDA execution provider", e))?
+                .with_disable_cpu_fallback()
+                .map_err(|e| OrtError::ort("disabling CPU fallback", e))
         }
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-fn register_device(builder: SessionBuilder, device: Device) -> Result<SessionBuilder, OrtError> {
-    match device {
-        Device::Cpu => Ok(builder),
-        Device::Cuda(_) => Err(OrtError::CudaNotBuilt(device)),
+/// The driver check, once per device and process.
+#[cfg(feature = "cuda")]
+fn checked_driver(device: Device) -> Result<(), OrtError> {
+    static CHECKED: std::sync::Mutex<Vec<Device>> = std::sync::Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    if !checked.contains(&device) {
+        let driver = crate::device::probe_cuda_driver(device)?;
+        tracing::info!(%device, driver = %driver.version, cuda = %crate::device::cuda_version(driver.cuda), name = %driver.device_name, "nvidia driver");
+        checked.push(device);
     }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn register_device(
+    builder: SessionBuilder,
+    options: &SessionOptions,
+) -> Result<SessionBuilder, OrtError> {
+    match options.device {
+        Device::Cpu => Ok(builder),
+        Device::Cuda(_) => Err(OrtError::CudaNotBuilt(options.device)),
+    }
+}
+
+/// Where a session on `device` keeps tensors that stay on the device between runs.
+pub fn device_memory(device: Device) -> Result<ort::memory::MemoryInfo<'static>, OrtError> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    let info = match device {
+        Device::Cpu => MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+        Device::Cuda(n) => MemoryInfo::new(
+            AllocationDevice::CUDA,
+            i32::try_from(n).map_err(|e| OrtError::ort("cuda device ordinal", e))?,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+    };
+    info.map_err(|e| OrtError::ort(format!("memory info of {device}"), e))
+}
+
+/// Where a session on `device` writes outputs the host reads (page-locked memory on CUDA, so
+/// the copy is one DMA).
+pub fn host_memory(device: Device) -> Result<ort::memory::MemoryInfo<'static>, OrtError> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    let info = match device {
+        Device::Cpu => MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+        Device::Cuda(_) => MemoryInfo::new(
+            AllocationDevice::CUDA_PINNED,
+            0,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        ),
+    };
+    info.map_err(|e| OrtError::ort(format!("host memory info of {device}"), e))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -332,6 +425,94 @@ impl std::str::FromStr for Optimization {
     }
 }
 
+/// Which of a bundle's graph precisions a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrecisionChoice {
+    /// fp16 graphs on a CUDA device when the bundle has them, else fp32.
+    #[default]
+    Auto,
+    /// Always these graphs (an error when the bundle lacks them).
+    Exactly(Precision),
+}
+
+impl PrecisionChoice {
+    /// The precision to load from a bundle that has `available` on `device`, or `None` when an
+    /// exact choice is not there.
+    pub fn pick(self, device: Device, available: &[Precision]) -> Option<Precision> {
+        match self {
+            PrecisionChoice::Exactly(p) => available.contains(&p).then_some(p),
+            PrecisionChoice::Auto => {
+                let gpu = matches!(device, Device::Cuda(_));
+                if gpu && available.contains(&Precision::Fp16) {
+                    Some(Precision::Fp16)
+                } else {
+                    Some(Precision::Fp32)
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrecisionChoice::Auto => f.write_str("auto"),
+            PrecisionChoice::Exactly(p) => p.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for PrecisionChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(PrecisionChoice::Auto),
+            _ => s
+                .parse()
+                .map(PrecisionChoice::Exactly)
+                .map_err(|_| format!("unknown precision '{s}': use auto, fp32 or fp16")),
+        }
+    }
+}
+
+/// cuDNN's convolution algorithm search (the patch embedding of a ViT is a convolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvSearch {
+    /// Benchmark every algorithm once per shape: slowest first batch, fastest after (the default
+    /// for a batch workload whose shapes repeat).
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics.
+    Heuristic,
+    /// The default algorithm.
+    Default,
+}
+
+impl std::str::FromStr for ConvSearch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exhaustive" => Ok(Self::Exhaustive),
+            "heuristic" => Ok(Self::Heuristic),
+            "default" => Ok(Self::Default),
+            _ => Err(format!(
+                "unknown cuDNN search '{s}': use exhaustive, heuristic or default"
+            )),
+        }
+    }
+}
+
+/// CUDA execution provider settings (used only on `cuda:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CudaOptions {
+    /// Upper bound of the provider's memory arena in bytes (`None`: the device's memory).
+    pub memory_limit: Option<usize>,
+    /// cuDNN convolution algorithm search.
+    pub conv_search: ConvSearch,
+}
+
 /// Options of one ONNX Runtime session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionOptions {
@@ -341,4 +522,12 @@ pub struct SessionOptions {
     pub intra_threads: Option<usize>,
     /// Graph optimisation level.
     pub optimization: Optimization,
+    /// Which of a bundle's graph precisions to run.
+    pub precision: PrecisionChoice,
+    /// CUDA provider settings.
+    pub cuda: CudaOptions,
+    /// Keep decoder state (cross-attention K/V, KV cache, image embeddings) on the device
+    /// between steps with ONNX Runtime's IoBinding (the default); `false` runs the reference
+    /// path that copies it through host arrays at every step.
+    pub host_decoding: bool,
 }

@@ -36,6 +36,7 @@ fn smoke_graph_matches_reference_at_several_batch_sizes() -> anyhow::Result<()> 
             device: Device::Cpu,
             intra_threads: Some(1),
             optimization,
+            ..SessionOptions::default()
         };
         let mut session = rt.session(&graph(), &options)?;
         let names: Vec<String> = session

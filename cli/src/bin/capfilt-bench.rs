@@ -87,6 +87,7 @@ fn main() -> Result<()> {
         device: args.device,
         intra_threads: Some(args.threads),
         optimization: Optimization::All,
+        ..SessionOptions::default()
     };
     let generation = cap
         .manifest
