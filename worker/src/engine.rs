@@ -103,11 +103,21 @@ impl Engine {
                 params.threshold
             )));
         }
-        Ok(Self {
+        let engine = Self {
             captioner: Captioner::load(rt, captioner, options)?,
             filter: Filter::load(rt, filter, options)?,
             params,
-        })
+        };
+        tracing::info!(
+            device = %options.device,
+            captioner = %captioner.manifest.name,
+            captioner_precision = %engine.captioner.precision(),
+            filter = %filter.manifest.name,
+            filter_precision = %engine.filter.precision(),
+            device_resident = engine.captioner.device_resident(),
+            "engine loaded"
+        );
+        Ok(engine)
     }
 
     /// Whether the filter takes the captioner's pixels as they are.

@@ -26,7 +26,7 @@ use crate::engine::{Engine, PreparedImage, StepParams, StepTimings};
 use crate::engine_error::EngineError;
 use crate::input::{InputRow, rows_of};
 use crate::output::{ShardTables, SourceRef, Tables, parquet_bytes};
-use crate::preprocess::{ImageLimits, Rejected, decode_rgb, pixel_values};
+use crate::preprocess::{ImageLimits, Rejected, decode_rgb_for, pixel_values};
 use crate::runtime::{OrtConfig, OrtRuntime, SessionOptions};
 use capfilt_schemas::store::{self, StoreError};
 
@@ -150,7 +150,8 @@ pub fn prepare(
         };
         return Err(Rejected::new(RejectReason::MissingImage, message));
     };
-    let rgb = decode_rgb(bytes, limits)?;
+    let size = captioner.image_size.max(filter.map_or(0, |f| f.image_size));
+    let rgb = decode_rgb_for(bytes, limits, Some(size))?;
     Ok(PreparedImage {
         key: row.key.clone(),
         web_text: row.caption.clone(),

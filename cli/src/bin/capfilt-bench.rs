@@ -11,7 +11,9 @@
 //! Per batch size: images/s of decode + preprocess + one nucleus-sampled caption + ITM/ITC on the
 //! web text and the synthetic caption. Decoding runs on the calling thread in both (the worker's
 //! decode pool overlapping inference is left out, so the comparison is of the same work).
-//! Also: decode + bicubic resize + normalise images/s on one core, against Pillow + numpy.
+//! Also: decode + bicubic resize + normalise images/s on one core, against Pillow + numpy, and
+//! the same with DCT-domain downscaling of large JPEGs (`--jpeg-draft`, against Pillow's
+//! `draft`), with how far each draft path's model input is from the full decode's.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -114,6 +116,33 @@ fn main() -> Result<()> {
         }
     }
     let decode_ips = decoded as f64 / t.elapsed().as_secs_f64();
+    let draft_limits = ImageLimits {
+        jpeg_draft: true,
+        ..limits
+    };
+    let t = Instant::now();
+    let mut decoded = 0usize;
+    while t.elapsed().as_secs_f64() < 1.0 {
+        for r in &rows {
+            let _ = prepare(r, &cap_pre, None, &draft_limits);
+            decoded += 1;
+        }
+    }
+    let draft_ips = decoded as f64 / t.elapsed().as_secs_f64();
+    let (mut draft_max, mut draft_sum, mut draft_n) = (0f32, 0f64, 0usize);
+    for r in &rows {
+        if let (Ok(full), Ok(draft)) = (
+            prepare(r, &cap_pre, None, &limits),
+            prepare(r, &cap_pre, None, &draft_limits),
+        ) {
+            for (a, b) in full.captioner_pixels.iter().zip(&draft.captioner_pixels) {
+                draft_max = draft_max.max((a - b).abs());
+                draft_sum += f64::from((a - b).abs());
+                draft_n += 1;
+            }
+        }
+    }
+    let draft_mean = draft_sum / draft_n.max(1) as f64;
 
     let mut measured = Vec::new();
     for &bs in &args.batch_sizes {
@@ -158,6 +187,7 @@ fn main() -> Result<()> {
     }
 
     let mut torch_decode = None;
+    let mut torch_draft: Option<(f64, f64, f64)> = None;
     let mut torch_version = String::new();
     if !args.no_baseline {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
@@ -189,6 +219,14 @@ fn main() -> Result<()> {
         let json: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("the PyTorch baseline printed no JSON")?;
         torch_decode = json["decode_images_per_second_per_core"].as_f64();
+        torch_draft = match (
+            json["draft_images_per_second_per_core"].as_f64(),
+            json["draft_max_abs_diff"].as_f64(),
+            json["draft_mean_abs_diff"].as_f64(),
+        ) {
+            (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+            _ => None,
+        };
         torch_version = json["torch"].as_str().unwrap_or("?").to_string();
         for m in &mut measured {
             m.torch = json["step"]
@@ -233,6 +271,17 @@ fn main() -> Result<()> {
     match torch_decode {
         Some(p) => println!(", Pillow + numpy {p:.0} img/s ({:.2}x)", decode_ips / p),
         None => println!(),
+    }
+    print!(
+        "  with JPEG draft (DCT-domain downscaling): capfilt {draft_ips:.0} img/s, model input vs full decode max |d| {draft_max:.3} mean {draft_mean:.4}"
+    );
+    match (torch_draft, torch_decode) {
+        (Some((ips, max, mean)), Some(full)) => println!(
+            "; Pillow draft {ips:.0} img/s, max |d| {max:.3} mean {mean:.4} ({:.2}x Pillow's full decode, {:.2}x Pillow's draft)",
+            draft_ips / full,
+            draft_ips / ips
+        ),
+        _ => println!(),
     }
     if !torch_version.is_empty() {
         println!(

@@ -33,6 +33,11 @@ pub struct ImageLimits {
     /// Longer captions are cut to this many characters (counted in the shard's
     /// `captions_truncated`).
     pub max_caption_chars: usize,
+    /// DCT-domain downscaling of large JPEGs (off by default, which keeps Pillow's pixels):
+    /// a JPEG at least twice the models' input size on both sides is decoded at 1/2, 1/4 or
+    /// 1/8 scale (the largest that keeps both sides at least that size, Pillow's `draft`
+    /// rule) before the bicubic resize. See [`decode_rgb_for`].
+    pub jpeg_draft: bool,
 }
 
 impl Default for ImageLimits {
@@ -44,6 +49,7 @@ impl Default for ImageLimits {
             max_pixels: 89_478_485,
             min_side: 1,
             max_caption_chars: crate::input::DEFAULT_MAX_CAPTION_CHARS,
+            jpeg_draft: false,
         }
     }
 }
@@ -79,8 +85,18 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// Decodes `bytes` into RGB8 under `limits`.
+/// Decodes `bytes` into RGB8 under `limits`, at full size.
 pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Rejected> {
+    decode_rgb_for(bytes, limits, None)
+}
+
+/// Decodes `bytes` into RGB8 under `limits` for models whose input is `size` px square: with
+/// `limits.jpeg_draft` a large JPEG comes out at a reduced DCT scale, still at least `size`.
+pub fn decode_rgb_for(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    size: Option<u32>,
+) -> Result<RgbImage, Rejected> {
     if bytes.is_empty() {
         return Err(Rejected::new(
             RejectReason::MissingImage,
@@ -100,7 +116,8 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     // Image decoders are written for untrusted input, but a panic in one must still only cost
     // this row.
     let limits = *limits;
-    std::panic::catch_unwind(|| decode_checked(bytes, &limits)).unwrap_or_else(|_| {
+    let draft_size = size.filter(|_| limits.jpeg_draft);
+    std::panic::catch_unwind(|| decode_checked(bytes, &limits, draft_size)).unwrap_or_else(|_| {
         Err(Rejected::new(
             RejectReason::DecodeError,
             "the image decoder panicked on these bytes",
@@ -108,7 +125,11 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     })
 }
 
-fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Rejected> {
+fn decode_checked(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    draft_size: Option<u32>,
+) -> Result<RgbImage, Rejected> {
     let decode_err = |e: ImageError| match e {
         ImageError::Limits(l) => Rejected::new(RejectReason::TooLarge, l.to_string()),
         other => Rejected::new(RejectReason::DecodeError, other.to_string()),
@@ -137,6 +158,18 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     }
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (w, h) = decoder.dimensions();
+    if format == image::ImageFormat::Jpeg
+        && let Some(size) = draft_size
+        && let Some(factor) = draft_factor(w, h, size)
+        && w.min(h) >= limits.min_side
+        && u64::from(w) * u64::from(h) <= limits.max_pixels
+    {
+        let pixels = u64::from(w.div_ceil(factor)) * u64::from(h.div_ceil(factor));
+        let _room = decode_budget::reserve(pixels);
+        if let Some(image) = draft::decode(bytes, w, h, factor)? {
+            return Ok(image);
+        }
+    }
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_pixels {
         return Err(Rejected::new(
@@ -164,6 +197,57 @@ fn decode_checked(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Reject
     decoder.set_limits(alloc).map_err(decode_err)?;
     let image = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     Ok(to_rgb(image))
+}
+
+/// The DCT scale denominator (2, 4 or 8) for a `w x h` JPEG going to `size` px, as Pillow's
+/// `JpegImageFile.draft`: the largest that keeps both sides at least `size`; `None` for 1.
+fn draft_factor(w: u32, h: u32, size: u32) -> Option<u32> {
+    let scale = (w / size.max(1)).min(h / size.max(1));
+    [8, 4, 2].into_iter().find(|&a| scale >= a)
+}
+
+/// Decoding a JPEG at a reduced DCT scale (jpeg-decoder's scaled IDCT).
+mod draft {
+    use super::{RejectReason, Rejected, RgbImage};
+
+    fn scaled(len: u32, factor: u32) -> u16 {
+        u16::try_from(len.div_ceil(factor)).unwrap_or(u16::MAX)
+    }
+
+    /// The image at `1/factor` scale, or `None` when its colour space is not RGB or grey (the
+    /// full decode then handles it).
+    pub(super) fn decode(
+        bytes: &[u8],
+        w: u32,
+        h: u32,
+        factor: u32,
+    ) -> Result<Option<RgbImage>, Rejected> {
+        let bad = |e: jpeg_decoder::Error| Rejected::new(RejectReason::DecodeError, e.to_string());
+        let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+        // jpeg-decoder picks the smallest scale whose size reaches the request on either side;
+        // asking for exactly the 1/factor size makes it pick 1/factor.
+        let (sw, sh) = decoder
+            .scale(scaled(w, factor), scaled(h, factor))
+            .map_err(bad)?;
+        let data = decoder.decode().map_err(bad)?;
+        let Some(info) = decoder.info() else {
+            return Ok(None);
+        };
+        let (width, height) = (u32::from(sw), u32::from(sh));
+        let data = match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => data,
+            jpeg_decoder::PixelFormat::L8 => data.iter().flat_map(|&v| [v, v, v]).collect(),
+            _ => return Ok(None),
+        };
+        if data.len() != (width * height * 3) as usize {
+            return Ok(None);
+        }
+        Ok(Some(RgbImage {
+            width,
+            height,
+            data,
+        }))
+    }
 }
 
 /// Whether the JPEG has an end-of-image marker after its last start of scan. Inside
@@ -281,9 +365,12 @@ pub fn pixel_values_into(image: &RgbImage, p: &Preprocessing, out: &mut [f32]) {
     debug_assert_eq!(out.len(), 3 * plane);
     for c in 0..3 {
         let (mean, std) = (p.mean[c], p.std[c]);
+        // The same float operations on each of the 256 possible values, looked up per pixel.
+        let table: [f32; 256] =
+            std::array::from_fn(|v| (f32::from(v as u8) * p.rescale_factor - mean) / std);
         let dst = &mut out[c * plane..(c + 1) * plane];
         for (d, px) in dst.iter_mut().zip(resized.chunks_exact(3)) {
-            *d = (f32::from(px[c]) * p.rescale_factor - mean) / std;
+            *d = table[usize::from(px[c])];
         }
     }
 }
@@ -422,6 +509,56 @@ mod tests {
             }
         }
         !crc
+    }
+
+    #[test]
+    fn jpeg_draft_follows_pillows_rule_and_stays_close_to_the_exact_path() {
+        assert_eq!(draft_factor(1000, 700, 96), Some(4));
+        assert_eq!(draft_factor(1000, 200, 96), Some(2));
+        assert_eq!(draft_factor(800, 800, 96), Some(8));
+        assert_eq!(draft_factor(191, 1000, 96), None);
+        assert_eq!(draft_factor(1000, 700, 384), None);
+        // A smooth 4:2:0 JPEG of 800x600: decoded at 1/4 (200x150) with draft on.
+        let mut img = image::RgbImage::new(800, 600);
+        for (x, y, p) in img.enumerate_pixels_mut() {
+            *p = image::Rgb([(x / 4) as u8, (y / 3) as u8, ((x + y) / 6) as u8]);
+        }
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&img)
+            .expect("encode");
+        let exact = decode_rgb(&jpeg, &ImageLimits::default()).expect("exact");
+        let draft_limits = ImageLimits {
+            jpeg_draft: true,
+            ..ImageLimits::default()
+        };
+        assert_eq!(
+            decode_rgb(&jpeg, &draft_limits).expect("full").width,
+            800,
+            "no size, no draft"
+        );
+        let draft = decode_rgb_for(&jpeg, &draft_limits, Some(96)).expect("draft");
+        assert_eq!((exact.width, exact.height), (800, 600));
+        assert_eq!((draft.width, draft.height), (200, 150));
+        let p = Preprocessing::blip(96);
+        let (a, b) = (pixel_values(&exact, &p), pixel_values(&draft, &p));
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(max < 0.1, "draft differs by {max} from the exact path");
+        // Limits still apply to the full size.
+        let tiny = ImageLimits {
+            max_pixels: 1000,
+            ..draft_limits
+        };
+        assert_eq!(
+            decode_rgb_for(&jpeg, &tiny, Some(96))
+                .expect_err("too large")
+                .reason,
+            RejectReason::TooLarge
+        );
     }
 
     #[test]

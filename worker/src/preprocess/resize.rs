@@ -97,16 +97,21 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients
     }
 }
 
-#[inline]
-fn clip8(v: i64) -> u8 {
-    let shifted = v >> PRECISION_BITS;
-    shifted.clamp(0, 255) as u8
+#[inline(always)]
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// Resizes a packed RGB8 image (`width * height * 3` bytes) to `out_w x out_h`, as Pillow's
 /// `Image.resize((out_w, out_h), filter)` does for an `RGB` image. Like Pillow (13), the pass
 /// with the smaller intermediate image runs first: vertical first when
 /// `width * out_h < out_w * height`, horizontal first otherwise (ties included).
+///
+/// The arithmetic is Pillow's exactly (22-bit coefficients, 32-bit integer sums, the same
+/// rounding and clamping), laid out so that the compiler vectorises it: the horizontal pass
+/// reads each row as three planes, so every output value is a dot product of contiguous
+/// 32-bit lanes; the vertical pass accumulates whole rows. On x86-64 CPUs with AVX2 (checked
+/// at run time) the same code is compiled for 8 lanes.
 pub fn resize_rgb8(
     src: &[u8],
     width: usize,
@@ -116,6 +121,52 @@ pub fn resize_rgb8(
     filter: Filter,
 ) -> Vec<u8> {
     debug_assert_eq!(src.len(), width * height * 3);
+    // The one exception to the workspace's `unsafe_code = "deny"`: calling a function compiled
+    // for a CPU feature after checking the CPU has it (what the `multiversion` crate expands to).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above; the function only differs from
+        // `resize_portable` in the instructions the compiler may use.
+        return unsafe { resize_avx2(src, width, height, out_w, out_h, filter) };
+    }
+    resize_portable(src, width, height, out_w, out_h, filter)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+unsafe fn resize_avx2(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
+    resize_impl(src, width, height, out_w, out_h, filter)
+}
+
+fn resize_portable(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
+    resize_impl(src, width, height, out_w, out_h, filter)
+}
+
+#[inline(always)]
+fn resize_impl(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
     let need_h = out_w != width;
     let need_v = out_h != height;
     match (need_h, need_v) {
@@ -134,58 +185,239 @@ pub fn resize_rgb8(
     }
 }
 
+/// `Σ a[i] * b[i]` in wrapping 32-bit arithmetic (as C's `int` in Pillow, where the sums never
+/// overflow), written so that it vectorises.
+#[inline(always)]
+fn dot(a: &[i32], b: &[i32]) -> i32 {
+    const LANES: usize = 8;
+    let mut acc = [0i32; LANES];
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for l in 0..LANES {
+            acc[l] = acc[l].wrapping_add(x[l].wrapping_mul(y[l]));
+        }
+    }
+    let mut sum = acc.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum = sum.wrapping_add(x.wrapping_mul(*y));
+    }
+    sum
+}
+
+#[inline(always)]
 fn horizontal(src: &[u8], width: usize, height: usize, out_w: usize, filter: Filter) -> Vec<u8> {
     let c = coefficients(width, out_w, filter);
-    let half = 1i64 << (PRECISION_BITS - 1);
+    let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; out_w * height * 3];
-    for y in 0..height {
-        let line = &src[y * width * 3..(y + 1) * width * 3];
-        let dst = &mut out[y * out_w * 3..(y + 1) * out_w * 3];
-        for (xx, &(xmin, count)) in c.bounds.iter().enumerate() {
-            let k = &c.weights[xx * c.ksize..xx * c.ksize + count];
-            let (mut r, mut g, mut b) = (half, half, half);
-            for (i, &w) in k.iter().enumerate() {
-                let p = (xmin + i) * 3;
-                let w = i64::from(w);
-                r += i64::from(line[p]) * w;
-                g += i64::from(line[p + 1]) * w;
-                b += i64::from(line[p + 2]) * w;
+    // Every dot product runs over the kernel width rounded up to whole 8-lane chunks: the
+    // weights past a pixel's own count are zero, and each plane has that many zeros after it.
+    let kpad = c.ksize.div_ceil(8) * 8;
+    let mut weights = vec![0i32; out_w * kpad];
+    for (xx, w) in weights.chunks_exact_mut(kpad).enumerate() {
+        w[..c.ksize].copy_from_slice(&c.weights[xx * c.ksize..(xx + 1) * c.ksize]);
+    }
+    let plane_len = width + kpad;
+    let mut planes = vec![0i32; 3 * plane_len];
+    for (line, dst) in src
+        .chunks_exact(width * 3)
+        .zip(out.chunks_exact_mut(out_w * 3))
+    {
+        let (r, rest) = planes.split_at_mut(plane_len);
+        let (g, b) = rest.split_at_mut(plane_len);
+        for (((px, r), g), b) in line.chunks_exact(3).zip(r).zip(g).zip(b) {
+            *r = i32::from(px[0]);
+            *g = i32::from(px[1]);
+            *b = i32::from(px[2]);
+        }
+        for ((&(xmin, _), k), px) in c
+            .bounds
+            .iter()
+            .zip(weights.chunks_exact(kpad))
+            .zip(dst.chunks_exact_mut(3))
+        {
+            for (ch, v) in px.iter_mut().enumerate() {
+                let start = ch * plane_len + xmin;
+                *v = clip8(half.wrapping_add(dot(&planes[start..start + kpad], k)));
             }
-            dst[xx * 3] = clip8(r);
-            dst[xx * 3 + 1] = clip8(g);
-            dst[xx * 3 + 2] = clip8(b);
         }
     }
     out
 }
 
+#[inline(always)]
 fn vertical(src: &[u8], width: usize, height: usize, out_h: usize, filter: Filter) -> Vec<u8> {
     let c = coefficients(height, out_h, filter);
-    let half = 1i64 << (PRECISION_BITS - 1);
-    let mut out = vec![0u8; width * out_h * 3];
-    for (yy, &(ymin, count)) in c.bounds.iter().enumerate() {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let stride = width * 3;
+    let mut out = vec![0u8; stride * out_h];
+    let mut acc = vec![0i32; stride];
+    for (yy, (&(ymin, count), dst)) in c
+        .bounds
+        .iter()
+        .zip(out.chunks_exact_mut(stride))
+        .enumerate()
+    {
         let k = &c.weights[yy * c.ksize..yy * c.ksize + count];
-        let dst = &mut out[yy * width * 3..(yy + 1) * width * 3];
-        for (x, px) in dst.chunks_exact_mut(3).enumerate() {
-            let (mut r, mut g, mut b) = (half, half, half);
-            for (i, &w) in k.iter().enumerate() {
-                let p = ((ymin + i) * width + x) * 3;
-                let w = i64::from(w);
-                r += i64::from(src[p]) * w;
-                g += i64::from(src[p + 1]) * w;
-                b += i64::from(src[p + 2]) * w;
+        acc.fill(half);
+        for (i, &w) in k.iter().enumerate() {
+            let row = &src[(ymin + i) * stride..(ymin + i + 1) * stride];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a = a.wrapping_add(i32::from(p).wrapping_mul(w));
             }
-            px[0] = clip8(r);
-            px[1] = clip8(g);
-            px[2] = clip8(b);
+        }
+        for (d, &a) in dst.iter_mut().zip(&acc) {
+            *d = clip8(a);
         }
     }
     out
 }
 
 #[cfg(test)]
+mod reference {
+    use super::{Filter, PRECISION_BITS};
+
+    fn ref_clip8(v: i64) -> u8 {
+        let shifted = v >> PRECISION_BITS;
+        shifted.clamp(0, 255) as u8
+    }
+
+    /// The straightforward scalar form (64-bit sums), kept as the reference: resizes a packed RGB8 image (`width * height * 3` bytes) to `out_w x out_h`, as Pillow's
+    /// `Image.resize((out_w, out_h), filter)` does for an `RGB` image. Like Pillow (13), the pass
+    /// with the smaller intermediate image runs first: vertical first when
+    /// `width * out_h < out_w * height`, horizontal first otherwise (ties included).
+    pub fn resize_rgb8_reference(
+        src: &[u8],
+        width: usize,
+        height: usize,
+        out_w: usize,
+        out_h: usize,
+        filter: Filter,
+    ) -> Vec<u8> {
+        debug_assert_eq!(src.len(), width * height * 3);
+        let need_h = out_w != width;
+        let need_v = out_h != height;
+        match (need_h, need_v) {
+            (false, false) => src.to_vec(),
+            (true, false) => ref_horizontal(src, width, height, out_w, filter),
+            (false, true) => ref_vertical(src, width, height, out_h, filter),
+            (true, true) => {
+                if width * out_h < out_w * height {
+                    let tmp = ref_vertical(src, width, height, out_h, filter);
+                    ref_horizontal(&tmp, width, out_h, out_w, filter)
+                } else {
+                    let tmp = ref_horizontal(src, width, height, out_w, filter);
+                    ref_vertical(&tmp, out_w, height, out_h, filter)
+                }
+            }
+        }
+    }
+
+    fn ref_horizontal(
+        src: &[u8],
+        width: usize,
+        height: usize,
+        out_w: usize,
+        filter: Filter,
+    ) -> Vec<u8> {
+        let c = super::coefficients(width, out_w, filter);
+        let half = 1i64 << (PRECISION_BITS - 1);
+        let mut out = vec![0u8; out_w * height * 3];
+        for y in 0..height {
+            let line = &src[y * width * 3..(y + 1) * width * 3];
+            let dst = &mut out[y * out_w * 3..(y + 1) * out_w * 3];
+            for (xx, &(xmin, count)) in c.bounds.iter().enumerate() {
+                let k = &c.weights[xx * c.ksize..xx * c.ksize + count];
+                let (mut r, mut g, mut b) = (half, half, half);
+                for (i, &w) in k.iter().enumerate() {
+                    let p = (xmin + i) * 3;
+                    let w = i64::from(w);
+                    r += i64::from(line[p]) * w;
+                    g += i64::from(line[p + 1]) * w;
+                    b += i64::from(line[p + 2]) * w;
+                }
+                dst[xx * 3] = ref_clip8(r);
+                dst[xx * 3 + 1] = ref_clip8(g);
+                dst[xx * 3 + 2] = ref_clip8(b);
+            }
+        }
+        out
+    }
+
+    fn ref_vertical(
+        src: &[u8],
+        width: usize,
+        height: usize,
+        out_h: usize,
+        filter: Filter,
+    ) -> Vec<u8> {
+        let c = super::coefficients(height, out_h, filter);
+        let half = 1i64 << (PRECISION_BITS - 1);
+        let mut out = vec![0u8; width * out_h * 3];
+        for (yy, &(ymin, count)) in c.bounds.iter().enumerate() {
+            let k = &c.weights[yy * c.ksize..yy * c.ksize + count];
+            let dst = &mut out[yy * width * 3..(yy + 1) * width * 3];
+            for (x, px) in dst.chunks_exact_mut(3).enumerate() {
+                let (mut r, mut g, mut b) = (half, half, half);
+                for (i, &w) in k.iter().enumerate() {
+                    let p = ((ymin + i) * width + x) * 3;
+                    let w = i64::from(w);
+                    r += i64::from(src[p]) * w;
+                    g += i64::from(src[p + 1]) * w;
+                    b += i64::from(src[p + 2]) * w;
+                }
+                px[0] = ref_clip8(r);
+                px[1] = ref_clip8(g);
+                px[2] = ref_clip8(b);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vectorised_resize_equals_the_scalar_reference_byte_for_byte() {
+        // Random pixels (worst case for rounding), up- and downscaling, odd sizes, both pass
+        // orders, and the sizes of real photos going to 96 and 384 px.
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let cases = [
+            (640, 480, 96, 96),
+            (480, 640, 96, 96),
+            (997, 613, 384, 384),
+            (300, 451, 384, 384),
+            (96, 96, 384, 384),
+            (37, 5, 96, 96),
+            (1, 1, 96, 96),
+            (100, 100, 100, 37),
+            (123, 77, 50, 77),
+        ];
+        for (w, h, ow, oh) in cases {
+            let src: Vec<u8> = (0..w * h * 3).map(|_| next() as u8).collect();
+            for filter in [Filter::Bicubic, Filter::Bilinear] {
+                let want = reference::resize_rgb8_reference(&src, w, h, ow, oh, filter);
+                assert_eq!(
+                    resize_rgb8(&src, w, h, ow, oh, filter),
+                    want,
+                    "{w}x{h} -> {ow}x{oh}"
+                );
+                assert_eq!(
+                    resize_portable(&src, w, h, ow, oh, filter),
+                    want,
+                    "portable {w}x{h} -> {ow}x{oh}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn coefficients_sum_to_one_in_fixed_point() {
