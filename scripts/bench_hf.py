@@ -53,6 +53,7 @@ def main() -> int:
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="model weights and activations (fp16: CUDA only)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -61,8 +62,9 @@ def main() -> int:
     cap_dir, fil_dir = Path(args.captioner), Path(args.filter)
     cap_manifest = json.loads((cap_dir / "bundle.json").read_text())
     fil_manifest = json.loads((fil_dir / "bundle.json").read_text())
-    captioner = BlipForConditionalGeneration.from_pretrained(str(cap_dir / "checkpoint")).eval().to(dev)
-    filt = BlipForImageTextRetrieval.from_pretrained(str(fil_dir / "checkpoint")).eval().to(dev)
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    captioner = BlipForConditionalGeneration.from_pretrained(str(cap_dir / "checkpoint")).eval().to(dev, dtype)
+    filt = BlipForImageTextRetrieval.from_pretrained(str(fil_dir / "checkpoint")).eval().to(dev, dtype)
     cap_tok = Tokenizer.from_file(str(cap_dir / "tokenizer.json"))
     fil_tok = Tokenizer.from_file(str(fil_dir / "tokenizer.json"))
     csp = cap_manifest["tokenizer"]["special_tokens"]
@@ -94,13 +96,13 @@ def main() -> int:
     draft_diff = [np.abs(preprocess(b, size, True) - preprocess(b, size)) for b in images]
 
     def step(batch_imgs: list[bytes], batch_caps: list[str]) -> None:
-        px = torch.from_numpy(np.stack([preprocess(b, size) for b in batch_imgs])).to(dev)
+        px = torch.from_numpy(np.stack([preprocess(b, size) for b in batch_imgs])).to(dev, dtype)
         ids = torch.tensor([prompt] * len(batch_imgs), device=dev)
         out = captioner.generate(pixel_values=px, input_ids=ids, do_sample=True, top_p=gen["top_p"],
                                  repetition_penalty=gen["repetition_penalty"], min_length=gen["min_length"],
                                  max_length=gen["max_length"])
         synthetic = [cap_tok.decode(o.tolist(), skip_special_tokens=True) for o in out]
-        fpx = px if fsize == size else torch.from_numpy(np.stack([preprocess(b, fsize) for b in batch_imgs])).to(dev)
+        fpx = px if fsize == size else torch.from_numpy(np.stack([preprocess(b, fsize) for b in batch_imgs])).to(dev, dtype)
         emb = filt.vision_model(pixel_values=fpx).last_hidden_state
         texts = batch_caps + synthetic
         tids, tmask = encode_texts(fil_tok, texts, fsp["cls"]["id"], fil_manifest["tokenizer"]["max_length"])
@@ -130,6 +132,7 @@ def main() -> int:
     print(json.dumps({
         "torch": torch.__version__,
         "threads": args.threads,
+        "dtype": args.dtype,
         "images": len(images),
         "decode_images_per_second_per_core": decode_ips,
         "draft_images_per_second_per_core": draft_ips,

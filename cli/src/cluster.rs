@@ -182,6 +182,7 @@ fn worker_config(
     w.cache_dir = options.cache(file);
     w.store_options = file.store_options();
     w.limits = options.limits();
+    w.max_batch = options.max_batch_images.or(file.worker.max_batch_images);
     w.drain_timeout = Duration::from_secs(drain.or(file.worker.drain_timeout_s).unwrap_or(300));
     w.security = file.client_security().map_err(CliError::Usage)?;
     w.allowed_prefixes = file.worker.allowed_prefixes.clone().unwrap_or_default();

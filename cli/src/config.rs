@@ -197,6 +197,8 @@ pub struct WorkerSection {
     pub intra_threads: Option<usize>,
     /// auto, fp32 or fp16.
     pub precision: Option<String>,
+    /// Most images per batch of the shared engine.
+    pub max_batch_images: Option<usize>,
     /// Upper bound of the CUDA provider's memory arena, MiB.
     pub gpu_memory_limit_mib: Option<usize>,
     /// exhaustive, heuristic or default.

@@ -51,6 +51,9 @@ pub struct CapfiltOptions {
     /// Maximum caption length in tokens, prompt included [default: the bundle's, 30].
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Most images per batch of a worker's shared engine, across its slots' shards (worker and run) [default: 32 on the CPU, 128 on CUDA].
+    #[arg(long, value_parser = crate::exit::at_least_one::<usize>)]
+    pub max_batch_images: Option<usize>,
     /// (image, text) pairs per ITM batch.
     #[arg(long, default_value_t = 64, value_parser = crate::exit::at_least_one::<usize>)]
     pub itm_batch: usize,

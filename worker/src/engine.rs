@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use capfilt_schemas::bundle::Preprocessing;
 use capfilt_schemas::outputs::Origin;
 
 use crate::bundle::Bundle;
@@ -74,6 +75,46 @@ pub struct StepTimings {
     pub caption: Duration,
     /// Filter (vision + ITM).
     pub filter: Duration,
+}
+
+/// What a shard's reading loop needs from the models: their preprocessing, the round, and the
+/// CapFilt step on a batch. Implemented by [`Engine`] (its own sessions) and by
+/// [`HubClient`](crate::engine_hub::HubClient) (a device's shared engine).
+pub trait StepRunner {
+    /// The captioner's preprocessing.
+    fn captioner_preprocessing(&self) -> &Preprocessing;
+    /// The filter's preprocessing when it differs from the captioner's.
+    fn filter_preprocessing(&self) -> Option<&Preprocessing>;
+    /// Bootstrap round of the step.
+    fn round(&self) -> u32;
+    /// The CapFilt step on `images` (see [`Engine::run`]).
+    fn run_step(
+        &mut self,
+        images: Vec<PreparedImage>,
+        timings: &mut StepTimings,
+    ) -> Result<Vec<Vec<Judged>>, EngineError>;
+}
+
+impl StepRunner for Engine {
+    fn captioner_preprocessing(&self) -> &Preprocessing {
+        self.captioner.preprocessing()
+    }
+
+    fn filter_preprocessing(&self) -> Option<&Preprocessing> {
+        (!self.shared_pixels()).then(|| self.filter.preprocessing())
+    }
+
+    fn round(&self) -> u32 {
+        self.params.round
+    }
+
+    fn run_step(
+        &mut self,
+        images: Vec<PreparedImage>,
+        timings: &mut StepTimings,
+    ) -> Result<Vec<Vec<Judged>>, EngineError> {
+        self.run(&images, timings)
+    }
 }
 
 /// Captioner + filter + parameters.

@@ -22,6 +22,10 @@ pub enum EngineError {
     /// The bundle cannot be used.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The device's shared engine failed on a batch this caller's images were part of, or
+    /// stopped.
+    #[error("shared engine: {0}")]
+    Shared(String),
     /// Tokenizer failure.
     #[error(transparent)]
     Text(#[from] TextError),

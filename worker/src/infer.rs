@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::engine::{Engine, PreparedImage, StepParams, StepTimings};
+use crate::engine::{Engine, PreparedImage, StepParams, StepRunner, StepTimings};
 use crate::engine_error::EngineError;
 use crate::input::{InputRow, rows_of};
 use crate::output::{ShardTables, SourceRef, Tables, parquet_bytes};
@@ -172,7 +172,7 @@ pub fn process_parquet(
     path: &Path,
     source: &str,
     row_groups: Option<Range<usize>>,
-    engine: &mut Engine,
+    engine: &mut dyn StepRunner,
     read: &ReadOptions,
 ) -> Result<(Tables, ShardStats), InferError> {
     let file = std::fs::File::open(path).map_err(|e| InferError::Input {
@@ -188,7 +188,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
     reader: R,
     source: &str,
     row_groups: Option<Range<usize>>,
-    engine: &mut Engine,
+    engine: &mut dyn StepRunner,
     read: &ReadOptions,
 ) -> Result<(Tables, ShardStats), InferError> {
     let started = Instant::now();
@@ -226,8 +226,8 @@ pub fn process_reader<R: ChunkReader + 'static>(
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| source.to_string());
-    let cap_pre = engine.captioner.preprocessing().clone();
-    let fil_pre = (!engine.shared_pixels()).then(|| engine.filter.preprocessing().clone());
+    let cap_pre = engine.captioner_preprocessing().clone();
+    let fil_pre = engine.filter_preprocessing().cloned();
     let limits = read.limits;
 
     let (tx, rx) = mpsc::sync_channel::<Result<Chunk, InferError>>(read.queue_depth.max(1));
@@ -273,7 +273,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
         }
     });
 
-    let mut tables = ShardTables::new(engine.params.round, read.with_images);
+    let mut tables = ShardTables::new(engine.round(), read.with_images);
     let mut seen_keys = std::collections::HashSet::new();
     let mut stats = ShardStats::default();
     let mut timings = StepTimings::default();
@@ -312,7 +312,7 @@ pub fn process_reader<R: ChunkReader + 'static>(
                 Err(r) => results.push(Some(r)),
             }
         }
-        let judged = match engine.run(&images, &mut timings) {
+        let judged = match engine.run_step(images, &mut timings) {
             Ok(j) => j,
             Err(e) => {
                 failure = Some(e.into());

@@ -7,6 +7,7 @@ pub mod device;
 pub mod device_io;
 pub mod engine;
 pub mod engine_error;
+pub mod engine_hub;
 pub mod filter;
 pub mod infer;
 pub mod input;
@@ -25,8 +26,9 @@ pub use capfilt_schemas::store;
 pub use bundle::{Bundle, BundleError};
 pub use captioner::{Caption, Captioner, SeedBase};
 pub use device::Device;
-pub use engine::{Engine, Judged, PreparedImage, StepParams};
+pub use engine::{Engine, Judged, PreparedImage, StepParams, StepRunner};
 pub use engine_error::EngineError;
+pub use engine_hub::{EngineHub, HubClient};
 pub use filter::{Filter, ImageEmbeds, PairScore};
 pub use infer::{InferConfig, InferError, InferSummary, ReadOptions, process_parquet, run_infer};
 pub use runtime::{

@@ -31,6 +31,8 @@ pub const SHARDS: &str = "capfilt_worker_shards_total";
 pub const STAGE_SECONDS: &str = "capfilt_worker_stage_seconds";
 /// Images per captioner/filter batch.
 pub const BATCH_IMAGES: &str = "capfilt_worker_batch_images";
+/// Shard chunks (callers) per batch of the device's shared engine.
+pub const BATCH_CALLERS: &str = "capfilt_worker_batch_chunks";
 /// Decoded batches waiting for the models (summed over slots).
 pub const DECODE_QUEUE_DEPTH: &str = "capfilt_worker_decode_queue_depth";
 /// Engines (captioner + filter sessions) loaded.
@@ -54,6 +56,10 @@ pub fn describe() {
     describe_counter!(SHARDS, "Shard attempts by outcome");
     describe_histogram!(STAGE_SECONDS, Unit::Seconds, "Seconds per stage");
     describe_histogram!(BATCH_IMAGES, "Images per captioner and filter batch");
+    describe_histogram!(
+        BATCH_CALLERS,
+        "Shard chunks merged into one batch of the device's shared engine"
+    );
     describe_gauge!(DECODE_QUEUE_DEPTH, "Decoded batches waiting for the models");
     describe_counter!(ENGINE_LOADS, "Captioner and filter engines loaded");
     describe_gauge!(ACTIVE_LEASES, "Leases being worked on");

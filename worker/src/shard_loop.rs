@@ -29,6 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::engine::{Engine, StepParams};
+use crate::engine_hub::EngineHub;
 use crate::infer::{InferError, ReadOptions, process_reader, provenance_json};
 use crate::metrics::WorkerHealth;
 use crate::output::{Tables, parquet_bytes};
@@ -45,8 +46,11 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// This worker's id (unique per process).
     pub worker_id: String,
-    /// Compute slots: shards processed at once (each with its own sessions).
+    /// Compute slots: shards processed at once. They share one engine (one copy of the models)
+    /// whose batches take decoded images from all of them.
     pub slots: u32,
+    /// Most images in one batch of the shared engine [default: 32 on the CPU, 128 on CUDA].
+    pub max_batch: Option<usize>,
     /// ONNX Runtime sessions (device, threads).
     pub session: SessionOptions,
     /// ONNX Runtime library.
@@ -73,6 +77,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Images per shared-engine batch on this worker's device.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch.unwrap_or(match self.session.device {
+            Device::Cpu => 32,
+            Device::Cuda(_) => 128,
+        })
+    }
+
     /// Defaults for `coordinator` with a generated worker id.
     pub fn new(coordinator: impl Into<String>) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
@@ -84,6 +96,7 @@ impl WorkerConfig {
                 crate::registry_nonce()
             ),
             slots: 1,
+            max_batch: None,
             session: SessionOptions::default(),
             ort: OrtConfig::for_build(),
             cache_dir: crate::bundle::default_cache_dir(),
@@ -190,9 +203,9 @@ type EngineKey = (String, String);
 struct Shared {
     config: WorkerConfig,
     compute: Semaphore,
-    engines: Mutex<Vec<(EngineKey, Engine)>>,
-    /// The bundles of the newest lease: engines of other bundles are evicted when idle.
-    current_engine: Mutex<Option<EngineKey>>,
+    /// The device's one engine, for the bundles of the newest lease: a lease of other bundles
+    /// replaces it (the old one ends when the slots still using it finish).
+    hub: tokio::sync::Mutex<Option<(EngineKey, Arc<EngineHub>)>>,
     outcomes: Mutex<Vec<Outcome>>,
     active: Mutex<HashMap<LeaseKey, Active>>,
     /// Coordinator instances registered with so far (the generation of new leases).
@@ -228,8 +241,7 @@ pub async fn run_worker(
     crate::metrics::info(&config.session.device.to_string(), ort.build_info());
     let shared = Arc::new(Shared {
         compute: Semaphore::new(config.slots.max(1) as usize),
-        engines: Mutex::new(Vec::new()),
-        current_engine: Mutex::new(None),
+        hub: tokio::sync::Mutex::new(None),
         outcomes: Mutex::new(Vec::new()),
         active: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(0),
@@ -764,24 +776,9 @@ async fn run_lease(
     shared.finished.notify_one();
     let key: EngineKey = (cap.sha256.clone(), fil.sha256.clone());
     let params = step_params(lease);
-    let pooled = {
-        *lock(&shared.current_engine) = Some(key.clone());
-        let mut engines = lock(&shared.engines);
-        // A long-lived worker must not accumulate models: engines of bundles that are no
-        // longer leased are dropped (their sessions and device memory freed).
-        let before = engines.len();
-        engines.retain(|(k, _)| *k == key);
-        if engines.len() < before {
-            tracing::info!(evicted = before - engines.len(), captioner = %key.0, filter = %key.1, "engines of older bundles evicted");
-        }
-        engines
-            .iter()
-            .position(|(k, _)| *k == key)
-            .map(|i| engines.swap_remove(i).1)
-    };
-    let session = cfg.session;
-    let ort = cfg.ort.clone();
-    let (cap2, fil2) = (cap.clone(), fil.clone());
+    let hub = shared_engine(shared, &key, &cap, &fil, &params)
+        .await
+        .map_err(|e| fail_here(K::ModelLoad, e))?;
     let read = ReadOptions {
         mapping: mapping(lease),
         batch_size: lease
@@ -795,33 +792,13 @@ async fn run_lease(
         progress: Some(rows_done),
     };
     let source = spec.file_url.clone();
-    let health = cfg.health.clone();
-    let computed = tokio::task::spawn_blocking(move || {
-        let mut engine = match pooled {
-            Some(e) => e,
-            None => {
-                let loaded = OrtRuntime::init(&ort)
-                    .map_err(EngineError::from)
-                    .and_then(|rt| Engine::load(rt, &cap2, &fil2, &session, params.clone()));
-                health.engine_loaded(loaded.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                let engine = loaded?;
-                metrics::counter!(crate::metrics::ENGINE_LOADS).increment(1);
-                engine
-            }
-        };
-        engine.params = params;
-        let result = process_reader(sparse, &source, Some(groups), &mut engine, &read);
-        Ok::<_, InferError>((engine, result))
+    let result = tokio::task::spawn_blocking(move || {
+        let mut client = hub.client(params);
+        process_reader(sparse, &source, Some(groups), &mut client, &read)
     })
     .await
     .map_err(|e| fail(K::Internal, format!("shard task panicked: {e}")))?;
     drop(permit);
-    let (engine, result) = computed.map_err(|e| fail_here(K::ModelLoad, e))?;
-    if lock(&shared.current_engine).as_ref() == Some(&key) {
-        lock(&shared.engines).push((key, engine));
-    } else {
-        tracing::info!(captioner = %key.0, filter = %key.1, "engine of older bundles evicted");
-    }
     let (tables, mut stats) = match result {
         Ok(r) => r,
         Err(InferError::Cancelled) => return Err(fail(K::Released, "lease cancelled")),
@@ -868,6 +845,47 @@ async fn run_lease(
     )
     .await
     .map_err(|e| fail(K::OutputWrite, e))
+}
+
+/// The device's shared engine for `key`'s bundles: the current one, or a new one loaded in its
+/// place (the old one is dropped here; it ends when the slots still using it finish).
+async fn shared_engine(
+    shared: &Arc<Shared>,
+    key: &EngineKey,
+    cap: &Bundle,
+    fil: &Bundle,
+    params: &StepParams,
+) -> Result<Arc<EngineHub>, EngineError> {
+    let cfg = &shared.config;
+    let mut slot = shared.hub.lock().await;
+    if let Some((k, hub)) = slot.as_ref()
+        && k == key
+    {
+        return Ok(hub.clone());
+    }
+    let old = slot.take();
+    if old.is_some() {
+        tracing::info!(captioner = %key.0, filter = %key.1, "engine of older bundles evicted");
+    }
+    let (session, ort, health) = (cfg.session, cfg.ort.clone(), cfg.health.clone());
+    let (cap, fil, params) = (cap.clone(), fil.clone(), params.clone());
+    let max_batch = cfg.max_batch();
+    let loaded = tokio::task::spawn_blocking(move || {
+        // The old engine's last reference may be this one: its thread is joined here, off the
+        // async threads.
+        drop(old);
+        let loaded = OrtRuntime::init(&ort)
+            .map_err(EngineError::from)
+            .and_then(|rt| Engine::load(rt, &cap, &fil, &session, params));
+        health.engine_loaded(loaded.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        EngineHub::start(loaded?, max_batch)
+    })
+    .await
+    .map_err(|e| EngineError::Shared(format!("loading the engine panicked: {e}")))??;
+    metrics::counter!(crate::metrics::ENGINE_LOADS).increment(1);
+    tracing::info!(max_batch, slots = cfg.slots, "shared engine started");
+    *slot = Some((key.clone(), loaded.clone()));
+    Ok(loaded)
 }
 
 /// A name part no other attempt can produce, even one of the same shard, attempt number and

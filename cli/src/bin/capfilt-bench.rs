@@ -25,8 +25,8 @@ use capfilt_worker::engine::StepTimings;
 use capfilt_worker::infer::{prepare, read_rows};
 use capfilt_worker::preprocess::ImageLimits;
 use capfilt_worker::{
-    Bundle, Device, Engine, GenerationParams, Optimization, OrtConfig, OrtRuntime, SessionOptions,
-    StepParams,
+    Bundle, Device, Engine, GenerationParams, Optimization, OrtConfig, OrtRuntime, PrecisionChoice,
+    SessionOptions, StepParams,
 };
 use clap::Parser;
 
@@ -55,6 +55,13 @@ struct Args {
     /// Device: cpu or cuda:N (capfilt needs the cuda feature; PyTorch runs on cuda too).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Graph precision: auto (fp16 on CUDA when the bundles have it), fp32 or fp16; the PyTorch
+    /// baseline runs in the same precision (fp16 weights and activations).
+    #[arg(long, default_value = "auto")]
+    precision: PrecisionChoice,
+    /// Run the reference decoding path that copies the decoder state through host memory.
+    #[arg(long)]
+    host_decoding: bool,
     /// Python with torch and transformers for the baseline.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -89,6 +96,8 @@ fn main() -> Result<()> {
         device: args.device,
         intra_threads: Some(args.threads),
         optimization: Optimization::All,
+        precision: args.precision,
+        host_decoding: args.host_decoding,
         ..SessionOptions::default()
     };
     let generation = cap
@@ -102,6 +111,7 @@ fn main() -> Result<()> {
         ..StepParams::default()
     };
     let mut engine = Engine::load(rt, &cap, &fil, &session, params)?;
+    let precision = engine.captioner.precision();
     let limits = ImageLimits::default();
     let cap_pre = engine.captioner.preprocessing().clone();
     let fil_pre = (!engine.shared_pixels()).then(|| engine.filter.preprocessing().clone());
@@ -209,6 +219,7 @@ fn main() -> Result<()> {
             .args(["--batch-sizes", &sizes.join(",")])
             .args(["--threads", &args.threads.to_string()])
             .args(["--device", &device])
+            .args(["--dtype", &precision.to_string()])
             .env("PYTHONWARNINGS", "ignore")
             .stderr(std::process::Stdio::inherit())
             .output()
@@ -241,7 +252,7 @@ fn main() -> Result<()> {
 
     let a = &cap.manifest.architecture;
     println!(
-        "CapFilt step: {} images of {}, captioner {} (vision {}x{} px/{} patches, text {}x{}), {} threads, {}",
+        "CapFilt step: {} images of {}, captioner {} (vision {}x{} px/{} patches, text {}x{}), {} threads, {}, {precision}{}",
         rows.len(),
         args.data.display(),
         cap.manifest.name,
@@ -251,7 +262,12 @@ fn main() -> Result<()> {
         a.text_layers,
         a.text_hidden_size,
         args.threads,
-        args.device
+        args.device,
+        if args.host_decoding {
+            ", host decoding"
+        } else {
+            ""
+        }
     );
     println!(
         "{:>6} {:>16} {:>16} {:>7}   {:>10} {:>10} {:>10}",

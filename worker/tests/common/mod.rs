@@ -28,8 +28,15 @@ pub fn runtime() -> &'static OrtRuntime {
     OrtRuntime::init(&OrtConfig::for_build()).expect("onnx runtime (run scripts/setup.sh)")
 }
 
+/// Session options of the tests: the CPU, or `CAPFILT_TEST_DEVICE` (`cuda:0` in
+/// `scripts/gpu-check.sh`, with a `--features cuda` build).
 pub fn options() -> SessionOptions {
+    let device = std::env::var("CAPFILT_TEST_DEVICE")
+        .ok()
+        .map(|d| d.parse().expect("CAPFILT_TEST_DEVICE: cpu or cuda:N"))
+        .unwrap_or_default();
     SessionOptions {
+        device,
         intra_threads: Some(2),
         ..SessionOptions::default()
     }

@@ -1,0 +1,236 @@
+//! One engine per device, shared by all of a worker's compute slots (issue 14).
+//!
+//! Each slot works on its own shard: it reads and decodes the shard's rows on CPU threads and
+//! sends each decoded chunk to the device's hub. The hub's thread owns the only [`Engine`] (one
+//! copy of the models in device memory, whatever the slot count) and batches across shards:
+//! whenever it is free it takes every queued chunk up to `max_batch` images, runs them as one
+//! batch, and hands each slot its own results. Chunks of different step parameters (another
+//! round or threshold) are never mixed in a batch.
+//!
+//! ```text
+//!   slot 1 (shard A) --chunk--\
+//!   slot 2 (shard B) --chunk---+--> queue --> hub thread: drain queued chunks (<= max_batch
+//!   slot 3 (shard C) --chunk--/                 images, same parameters) -> Engine::run
+//!                                                 -> results split back to each slot
+//! ```
+//!
+//! The hub of bundles no lease uses any more is dropped by the worker when a lease of other
+//! bundles arrives; its thread ends once the slots still using it finish, and its sessions and
+//! device memory go with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use capfilt_schemas::bundle::Preprocessing;
+
+use crate::engine::{Engine, Judged, PreparedImage, StepParams, StepRunner, StepTimings};
+use crate::engine_error::EngineError;
+
+type Reply = Result<(Vec<Vec<Judged>>, StepTimings), EngineError>;
+
+struct Job {
+    images: Vec<PreparedImage>,
+    params: StepParams,
+    reply: mpsc::SyncSender<Reply>,
+}
+
+/// Counters of a hub (for tests and logs).
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Engine runs (batches).
+    pub batches: AtomicU64,
+    /// Chunks received.
+    pub chunks: AtomicU64,
+    /// Images run.
+    pub images: AtomicU64,
+    /// Batches that held chunks of more than one caller.
+    pub merged_batches: AtomicU64,
+}
+
+/// A device's shared engine and the thread that runs it.
+pub struct EngineHub {
+    sender: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    captioner_pre: Preprocessing,
+    filter_pre: Option<Preprocessing>,
+    stats: Arc<HubStats>,
+    max_batch: usize,
+}
+
+impl std::fmt::Debug for EngineHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHub")
+            .field("max_batch", &self.max_batch)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineHub {
+    /// Starts the hub's thread with `engine`; batches hold at most `max_batch` images (more
+    /// only when one chunk alone is larger).
+    pub fn start(engine: Engine, max_batch: usize) -> Result<Arc<Self>, EngineError> {
+        let captioner_pre = engine.captioner.preprocessing().clone();
+        let filter_pre = (!engine.shared_pixels()).then(|| engine.filter.preprocessing().clone());
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let stats = Arc::new(HubStats::default());
+        let thread_stats = stats.clone();
+        let max_batch = max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("capfilt-engine".into())
+            .spawn(move || serve(engine, &receiver, max_batch, &thread_stats))
+            .map_err(|e| EngineError::Shared(format!("cannot start the engine thread: {e}")))?;
+        Ok(Arc::new(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+            captioner_pre,
+            filter_pre,
+            stats,
+            max_batch,
+        }))
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// A caller's handle running steps with `params`.
+    pub fn client(self: &Arc<Self>, params: StepParams) -> HubClient {
+        HubClient {
+            hub: self.clone(),
+            params,
+        }
+    }
+}
+
+impl Drop for EngineHub {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the jobs already queued.
+        self.sender.take();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the engine thread panicked");
+        }
+    }
+}
+
+/// One caller's handle on a hub: a [`StepRunner`] whose steps run in the shared batches.
+pub struct HubClient {
+    hub: Arc<EngineHub>,
+    params: StepParams,
+}
+
+impl StepRunner for HubClient {
+    fn captioner_preprocessing(&self) -> &Preprocessing {
+        &self.hub.captioner_pre
+    }
+
+    fn filter_preprocessing(&self) -> Option<&Preprocessing> {
+        self.hub.filter_pre.as_ref()
+    }
+
+    fn round(&self) -> u32 {
+        self.params.round
+    }
+
+    fn run_step(
+        &mut self,
+        images: Vec<PreparedImage>,
+        timings: &mut StepTimings,
+    ) -> Result<Vec<Vec<Judged>>, EngineError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sender = self
+            .hub
+            .sender
+            .as_ref()
+            .ok_or_else(|| EngineError::Shared("the engine is shutting down".into()))?;
+        sender
+            .send(Job {
+                images,
+                params: self.params.clone(),
+                reply,
+            })
+            .map_err(|_| EngineError::Shared("the engine thread stopped".into()))?;
+        let (judged, t) = answer
+            .recv()
+            .map_err(|_| EngineError::Shared("the engine thread stopped mid-batch".into()))??;
+        timings.caption += t.caption;
+        timings.filter += t.filter;
+        Ok(judged)
+    }
+}
+
+fn serve(mut engine: Engine, receiver: &mpsc::Receiver<Job>, max_batch: usize, stats: &HubStats) {
+    while let Ok(first) = receiver.recv() {
+        let mut queued = first.images.len();
+        let mut jobs = vec![first];
+        while queued < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    queued += job.images.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.chunks.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        // Jobs of the same parameters run together, in arrival order.
+        while !jobs.is_empty() {
+            let params = jobs[0].params.clone();
+            let (group, rest): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| j.params == params);
+            jobs = rest;
+            run_group(&mut engine, params, group, stats);
+        }
+    }
+    tracing::info!("engine thread done: its sessions are freed");
+}
+
+fn run_group(engine: &mut Engine, params: StepParams, group: Vec<Job>, stats: &HubStats) {
+    let sizes: Vec<usize> = group.iter().map(|j| j.images.len()).collect();
+    let total: usize = sizes.iter().sum();
+    let mut replies = Vec::with_capacity(group.len());
+    let mut images = Vec::with_capacity(total);
+    for job in group {
+        images.extend(job.images);
+        replies.push(job.reply);
+    }
+    engine.params = params;
+    let mut timings = StepTimings::default();
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.images.fetch_add(total as u64, Ordering::Relaxed);
+    if replies.len() > 1 {
+        stats.merged_batches.fetch_add(1, Ordering::Relaxed);
+    }
+    metrics::histogram!(crate::metrics::BATCH_CALLERS).record(replies.len() as f64);
+    match engine.run(&images, &mut timings) {
+        Ok(judged) => {
+            let mut judged = judged.into_iter();
+            for (reply, n) in replies.into_iter().zip(sizes) {
+                let part: Vec<Vec<Judged>> = judged.by_ref().take(n).collect();
+                // Each caller is charged its share of the batch's time.
+                let share = n as f64 / total.max(1) as f64;
+                let t = StepTimings {
+                    caption: timings.caption.mul_f64(share),
+                    filter: timings.filter.mul_f64(share),
+                };
+                // A caller that went away (a cancelled lease) does not matter to the others.
+                let _ = reply.send(Ok((part, t)));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::warn!(error = %message, images = total, "a shared batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(EngineError::Shared(message.clone())));
+            }
+        }
+    }
+}
