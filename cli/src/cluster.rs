@@ -183,6 +183,9 @@ fn worker_config(
     w.store_options = file.store_options();
     w.limits = options.limits();
     w.max_batch = options.max_batch_images.or(file.worker.max_batch_images);
+    w.continuous_batching = options
+        .continuous_batching
+        .or(file.worker.continuous_batching);
     w.drain_timeout = Duration::from_secs(drain.or(file.worker.drain_timeout_s).unwrap_or(300));
     w.security = file.client_security().map_err(CliError::Usage)?;
     w.allowed_prefixes = file.worker.allowed_prefixes.clone().unwrap_or_default();

@@ -199,6 +199,8 @@ pub struct WorkerSection {
     pub precision: Option<String>,
     /// Most images per batch of the shared engine.
     pub max_batch_images: Option<usize>,
+    /// Continuous batching in the shared engine.
+    pub continuous_batching: Option<bool>,
     /// Upper bound of the CUDA provider's memory arena, MiB.
     pub gpu_memory_limit_mib: Option<usize>,
     /// exhaustive, heuristic or default.

@@ -54,6 +54,9 @@ pub struct CapfiltOptions {
     /// Most images per batch of a worker's shared engine, across its slots' shards (worker and run) [default: 32 on the CPU, 128 on CUDA].
     #[arg(long, value_parser = crate::exit::at_least_one::<usize>)]
     pub max_batch_images: Option<usize>,
+    /// Continuous batching in a worker's shared engine: images join the decoding batch as others' captions finish (worker and run) [default: true on CUDA, false on the CPU].
+    #[arg(long)]
+    pub continuous_batching: Option<bool>,
     /// (image, text) pairs per ITM batch.
     #[arg(long, default_value_t = 64, value_parser = crate::exit::at_least_one::<usize>)]
     pub itm_batch: usize,

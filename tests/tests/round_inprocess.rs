@@ -21,12 +21,33 @@ async fn run_round(spec: RoundSpec, workers: usize, cache: &Path) -> RoundManife
     run_round_with(spec, workers, cache, &|_| options.clone()).await
 }
 
+/// [`run_round`] with each worker's configuration changed by `tune`.
+async fn run_round_tuned(
+    spec: RoundSpec,
+    workers: usize,
+    cache: &Path,
+    tune: &(dyn Fn(&mut capfilt_worker::shard_loop::WorkerConfig) + Sync),
+) -> RoundManifest {
+    let options = spec.store_options.clone();
+    run_round_inner(spec, workers, cache, &|_| options.clone(), tune).await
+}
+
 /// [`run_round`] with each worker's store options from `worker_options(i)`.
 async fn run_round_with(
     spec: RoundSpec,
     workers: usize,
     cache: &Path,
     worker_options: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> RoundManifest {
+    run_round_inner(spec, workers, cache, worker_options, &|_| {}).await
+}
+
+async fn run_round_inner(
+    spec: RoundSpec,
+    workers: usize,
+    cache: &Path,
+    worker_options: &dyn Fn(usize) -> Vec<(String, String)>,
+    tune: &(dyn Fn(&mut capfilt_worker::shard_loop::WorkerConfig) + Sync),
 ) -> RoundManifest {
     let round = Round::open(spec).await.expect("open round");
     let service = CoordinatorService::with_round(
@@ -53,7 +74,8 @@ async fn run_round_with(
     ));
     let handles: Vec<_> = (0..workers)
         .map(|i| {
-            let config = worker_config(&url, &format!("w{i}"), cache, worker_options(i));
+            let mut config = worker_config(&url, &format!("w{i}"), cache, worker_options(i));
+            tune(&mut config);
             tokio::spawn(run_worker(config, wait(stop_rx.clone())))
         })
         .collect();
@@ -119,6 +141,31 @@ async fn three_workers_process_every_row_exactly_once() {
     .expect("reopen");
     assert!(again.is_done());
     assert_eq!(again.count("committed"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_sharing_one_continuously_batching_engine_process_every_row_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = write_dataset(&tmp.path().join("web"), 3, 90, 30);
+    let out = tmp.path().join("out/round-0001");
+    let spec = round_spec(
+        &data.dir.display().to_string(),
+        &out.display().to_string(),
+        60,
+        Vec::new(),
+    );
+    // One worker, 3 slots (3 shards in flight), one engine whose batch of 8 images' rows takes
+    // images of all three shards as captions finish.
+    let manifest = run_round_tuned(spec, 1, &tmp.path().join("cache"), &|c| {
+        c.slots = 3;
+        c.max_batch = Some(8);
+        c.continuous_batching = Some(true);
+    })
+    .await;
+    assert_eq!(manifest.shards.len(), 6);
+    assert!(manifest.quarantined().next().is_none());
+    assert_exactly_once(&data, &out, &manifest, &BTreeSet::new());
+    assert_eq!(manifest.totals.rows_rejected as usize, data.corrupt.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

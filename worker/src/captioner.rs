@@ -146,6 +146,44 @@ pub(crate) fn load_graph(
     Ok(rt.session(&path, options)?)
 }
 
+/// An image offered to continuous captioning.
+#[derive(Debug, Clone)]
+pub struct FeedImage {
+    /// The caller's id for it, given back with its captions.
+    pub id: u64,
+    /// `[3, S, S]` pixels.
+    pub pixels: Vec<f32>,
+    /// Row key (part of each sampling seed).
+    pub key: String,
+    /// Bootstrap round (part of each sampling seed).
+    pub round: u32,
+}
+
+/// Where continuous captioning takes its images from and gives their captions to.
+pub trait CaptionFeed {
+    /// Up to `max` more images. With `wait` (no row is being decoded) it may block until one
+    /// comes; an empty answer then ends the captioning.
+    fn more(&mut self, max: usize, wait: bool) -> Result<Vec<FeedImage>, EngineError>;
+    /// Every caption of image `id`, by candidate.
+    fn finished(&mut self, id: u64, captions: Vec<Caption>) -> Result<(), EngineError>;
+}
+
+/// A row of continuous decoding: one (image, candidate) sequence that joined the batch when its
+/// cache was `pad` positions long (those positions are hidden from it).
+struct LiveRow {
+    image: u64,
+    candidate: u32,
+    seed: Option<u64>,
+    rng: ChaCha8Rng,
+    ids: Vec<u32>,
+    /// Tokens of this row in the cache (the prompt is fed one token per step).
+    fed: usize,
+    pad: usize,
+}
+
+/// Compact the cache once every row hides at least this many leading positions.
+const COMPACT_AFTER: usize = 8;
+
 /// A sequence being sampled (greedy or nucleus).
 struct Row {
     image: usize,
@@ -211,7 +249,7 @@ impl Captioner {
         let io = if options.host_decoding {
             None
         } else {
-            Some(DeviceIo::new(rt, options, 2 * layers, 4)?)
+            Some(DeviceIo::for_decoding(rt, options, 2 * layers)?)
         };
         Ok(Self {
             vision,
@@ -281,6 +319,222 @@ impl Captioner {
             out.push(value.try_extract_array::<f32>()?.to_owned());
         }
         Ok(ImageKv::Host(out))
+    }
+
+    /// Continuous batching (greedy or nucleus): keeps up to `max_rows` rows (image, candidate)
+    /// decoding; whenever rows finish, images from `feed` take their places in the batch
+    /// instead of the batch shrinking, as text-generation servers do. A row that joins later
+    /// sees only its own cache positions (its mask hides the others) and is fed its prompt one
+    /// token per step; every row keeps its own sampling seed, so a caption does not depend on
+    /// when its image joined beyond float rounding. Returns when `feed` has no more images and
+    /// every row has finished.
+    pub fn caption_continuous(
+        &mut self,
+        feed: &mut dyn CaptionFeed,
+        params: &GenerationParams,
+        max_rows: usize,
+    ) -> Result<(), EngineError> {
+        params.validate().map_err(EngineError::Params)?;
+        if params.decoding == Decoding::Beam {
+            return Err(EngineError::Params(
+                "continuous batching runs greedy or nucleus decoding, not beam search".into(),
+            ));
+        }
+        let per_image = params.captions_per_image();
+        let max_rows = max_rows.max(per_image);
+        let prompt = self.prompt_ids.clone();
+        let mut state = DecodeState::continuous(2 * self.layers);
+        let mut rows: Vec<LiveRow> = Vec::new();
+        let mut pending: HashMap<u64, Vec<Caption>> = HashMap::new();
+        loop {
+            let room = max_rows.saturating_sub(rows.len()) / per_image;
+            if room > 0 {
+                let new = feed.more(room, rows.is_empty())?;
+                if new.is_empty() && rows.is_empty() {
+                    return Ok(());
+                }
+                if !new.is_empty() {
+                    self.admit(&mut state, &mut rows, &mut pending, new, params, feed)?;
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let len = state.cache_len();
+            let n = rows.len();
+            let ids = Array2::from_shape_fn((n, 1), |(i, _)| {
+                let r = &rows[i];
+                let token = if r.fed < prompt.len() {
+                    prompt[r.fed]
+                } else {
+                    r.ids.last().copied().unwrap_or(self.sep)
+                };
+                i64::from(token)
+            });
+            let positions = Array2::from_shape_fn((n, 1), |(i, _)| rows[i].fed as i64);
+            let mask = Array2::from_shape_fn((n, len + 1), |(i, j)| i64::from(j >= rows[i].pad));
+            let mut logits = state.step_masked(
+                &mut self.decoder,
+                self.io.as_ref(),
+                &self.names,
+                ids,
+                positions,
+                mask,
+            )?;
+            self.steps_run += 1;
+            self.rows_stepped += n as u64;
+            let mut keep = Vec::with_capacity(n);
+            let mut done = Vec::new();
+            for (i, row) in rows.iter_mut().enumerate() {
+                row.fed += 1;
+                if row.fed < prompt.len() {
+                    keep.push(i);
+                    continue;
+                }
+                let mut scores = logits.row_mut(i);
+                let scores = scores
+                    .as_slice_mut()
+                    .ok_or_else(|| EngineError::Graph("non-contiguous logits".into()))?;
+                sampling::apply_repetition_penalty(scores, &row.ids, params.repetition_penalty);
+                sampling::apply_min_length(scores, row.ids.len(), params.min_length, self.sep);
+                let token = if params.decoding == Decoding::Greedy {
+                    sampling::argmax(scores)
+                } else {
+                    sampling::sample(scores, params.temperature, params.top_p, &mut row.rng)
+                };
+                row.ids.push(token);
+                if token == self.sep || row.ids.len() >= params.max_length {
+                    done.push(i);
+                } else {
+                    keep.push(i);
+                }
+            }
+            state.retain(self.io.as_mut(), &keep)?;
+            let mut old: Vec<Option<LiveRow>> = rows.drain(..).map(Some).collect();
+            for &i in &done {
+                let row = old[i]
+                    .take()
+                    .ok_or_else(|| EngineError::Graph("a finished row twice".into()))?;
+                self.row_finished(row, per_image, &mut pending, feed)?;
+            }
+            for &i in &keep {
+                rows.push(
+                    old[i]
+                        .take()
+                        .ok_or_else(|| EngineError::Graph("a kept row twice".into()))?,
+                );
+            }
+            let hidden = rows.iter().map(|r| r.pad).min().unwrap_or(0);
+            if hidden >= COMPACT_AFTER {
+                state.drop_positions(self.io.as_mut(), hidden)?;
+                for r in &mut rows {
+                    r.pad -= hidden;
+                }
+            }
+        }
+    }
+
+    /// Runs the vision graph on `new` images and adds their rows to the batch.
+    fn admit(
+        &mut self,
+        state: &mut DecodeState,
+        rows: &mut Vec<LiveRow>,
+        pending: &mut HashMap<u64, Vec<Caption>>,
+        new: Vec<FeedImage>,
+        params: &GenerationParams,
+        feed: &mut dyn CaptionFeed,
+    ) -> Result<(), EngineError> {
+        let per_image = params.captions_per_image();
+        let greedy = params.decoding == Decoding::Greedy;
+        let seed_of = |img: &FeedImage, c: u32| {
+            (!greedy).then(|| sampling::sample_seed(&img.key, img.round, c))
+        };
+        if self.prompt_ids.len() >= params.max_length {
+            // A prompt as long as max_length generates nothing (as in `generate`).
+            for img in new {
+                let mut caps = Vec::with_capacity(per_image);
+                for c in 0..per_image as u32 {
+                    caps.push(Caption {
+                        text: self
+                            .tokenizer
+                            .decode_caption(&self.prompt_ids, &self.prompt)?,
+                        ids: self.prompt_ids.clone(),
+                        candidate: c,
+                        seed: seed_of(&img, c),
+                        score: None,
+                    });
+                }
+                feed.finished(img.id, caps)?;
+            }
+            return Ok(());
+        }
+        let size = self.preprocessing.image_size as usize;
+        let bufs: Vec<&[f32]> = new.iter().map(|i| i.pixels.as_slice()).collect();
+        let pixels = stack_pixels(&bufs, size)?;
+        let image_rows: Vec<usize> = (0..new.len())
+            .flat_map(|i| std::iter::repeat_n(i, per_image))
+            .collect();
+        let cross = match self.cross_kv(pixels.view())? {
+            ImageKv::Device(values) => {
+                let io = self.io.as_mut().ok_or_else(|| {
+                    EngineError::Graph("device values without a device IO".into())
+                })?;
+                io.select_rows(&values, &image_rows)?
+            }
+            ImageKv::Host(arrays) => arrays
+                .iter()
+                .map(|a| {
+                    Ok(
+                        ort::value::Tensor::from_array(a.select(ndarray::Axis(0), &image_rows))?
+                            .into_dyn(),
+                    )
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?,
+        };
+        let pad = state.cache_len();
+        state.append_rows(self.io.as_mut(), cross, image_rows.len())?;
+        for img in &new {
+            for c in 0..per_image as u32 {
+                let seed = seed_of(img, c);
+                rows.push(LiveRow {
+                    image: img.id,
+                    candidate: c,
+                    seed,
+                    rng: ChaCha8Rng::seed_from_u64(seed.unwrap_or(0)),
+                    ids: self.prompt_ids.clone(),
+                    fed: 0,
+                    pad,
+                });
+            }
+            pending.insert(img.id, Vec::with_capacity(per_image));
+        }
+        Ok(())
+    }
+
+    fn row_finished(
+        &self,
+        row: LiveRow,
+        per_image: usize,
+        pending: &mut HashMap<u64, Vec<Caption>>,
+        feed: &mut dyn CaptionFeed,
+    ) -> Result<(), EngineError> {
+        let caption = Caption {
+            text: self.tokenizer.decode_caption(&row.ids, &self.prompt)?,
+            ids: row.ids,
+            candidate: row.candidate,
+            seed: row.seed,
+            score: None,
+        };
+        let caps = pending
+            .get_mut(&row.image)
+            .ok_or_else(|| EngineError::Graph(format!("row of unknown image {}", row.image)))?;
+        caps.push(caption);
+        if caps.len() == per_image {
+            let mut caps = pending.remove(&row.image).unwrap_or_default();
+            caps.sort_by_key(|c| c.candidate);
+            feed.finished(row.image, caps)?;
+        }
+        Ok(())
     }
 
     /// Generates captions for a batch of preprocessed images (`[B, 3, S, S]`), one list per

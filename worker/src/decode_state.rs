@@ -92,6 +92,52 @@ pub struct DecodeState {
     present: Option<Vec<DynValue>>,
     past_len: usize,
     rows: usize,
+    /// (heads, d), once known.
+    dims: Option<(usize, usize)>,
+    /// Tensors per kind (2 x layers).
+    count: usize,
+}
+
+fn value_dims(v: &DynValue) -> Result<(usize, usize), EngineError> {
+    match v.dtype() {
+        ValueType::Tensor { shape, .. } if shape.len() == 4 => {
+            Ok((shape[1].max(0) as usize, shape[3].max(0) as usize))
+        }
+        other => Err(EngineError::Graph(format!(
+            "cross K/V: expected [batch, heads, patches, d], got {other:?}"
+        ))),
+    }
+}
+
+fn zeros(rows: usize, heads: usize, len: usize, d: usize) -> Result<DynValue, EngineError> {
+    Ok(Tensor::from_array(ArrayD::<f32>::zeros(IxDyn(&[rows, heads, len, d])))?.into_dyn())
+}
+
+fn host_select(
+    values: &[DynValue],
+    axis: usize,
+    index: &[usize],
+) -> Result<Vec<DynValue>, EngineError> {
+    values
+        .iter()
+        .map(|v| {
+            let a = v.try_extract_array::<f32>()?;
+            Ok(Tensor::from_array(a.select(Axis(axis), index))?.into_dyn())
+        })
+        .collect()
+}
+
+fn host_concat(values: &[DynValue], more: &[DynValue]) -> Result<Vec<DynValue>, EngineError> {
+    values
+        .iter()
+        .zip(more)
+        .map(|(a, b)| {
+            let (a, b) = (a.try_extract_array::<f32>()?, b.try_extract_array::<f32>()?);
+            let joined = ndarray::concatenate(Axis(0), &[a.view(), b.view()])
+                .map_err(|e| EngineError::Graph(format!("concatenating cache rows: {e}")))?;
+            Ok(Tensor::from_array(joined)?.into_dyn())
+        })
+        .collect()
 }
 
 impl DecodeState {
@@ -125,6 +171,8 @@ impl DecodeState {
             present: None,
             past_len: 0,
             rows: image_rows.len(),
+            dims: Some((heads, d)),
+            count: n,
         };
         state.cross_rows = state.select_images(io, image_rows)?;
         Ok(state)
@@ -133,6 +181,116 @@ impl DecodeState {
     /// Rows in the batch.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// An empty state for continuous batching, for a decoder of `count / 2` layers: rows come
+    /// in with [`DecodeState::append_rows`], each with its own masked prefix of the cache.
+    pub fn continuous(count: usize) -> Self {
+        Self {
+            images: ImageKv::Host(Vec::new()),
+            cross_rows: Vec::new(),
+            past: Vec::new(),
+            present: None,
+            past_len: 0,
+            rows: 0,
+            dims: None,
+            count,
+        }
+    }
+
+    /// Cache positions held for every row (a row's own tokens are its last ones).
+    pub fn cache_len(&self) -> usize {
+        self.past_len
+    }
+
+    /// Appends `n` rows whose cross K/V are `cross` (`[n, heads, patches, d]` per layer and
+    /// kind), each with a cache of the current length that its mask must hide.
+    pub fn append_rows(
+        &mut self,
+        io: Option<&mut DeviceIo>,
+        cross: Vec<DynValue>,
+        n: usize,
+    ) -> Result<(), EngineError> {
+        if cross.len() != self.count {
+            return Err(EngineError::Graph(format!(
+                "{} cross K/V tensors for a decoder with {}",
+                cross.len(),
+                self.count
+            )));
+        }
+        let (heads, d) = value_dims(&cross[0])?;
+        self.dims = Some((heads, d));
+        let fresh: Vec<DynValue> = (0..self.count)
+            .map(|_| zeros(n, heads, self.past_len, d))
+            .collect::<Result<_, _>>()?;
+        if self.rows == 0 {
+            self.past = fresh;
+            self.cross_rows = cross;
+        } else {
+            match io {
+                Some(io) => {
+                    self.past = io.concat_rows(&self.past, &fresh)?;
+                    self.cross_rows = io.concat_rows(&self.cross_rows, &cross)?;
+                }
+                None => {
+                    self.past = host_concat(&self.past, &fresh)?;
+                    self.cross_rows = host_concat(&self.cross_rows, &cross)?;
+                }
+            }
+        }
+        self.rows += n;
+        Ok(())
+    }
+
+    /// After a step (continuous batching): keeps rows `keep` of the cache and of the cross
+    /// K/V, in that order. With no row left the cache starts again from length 0.
+    pub fn retain(&mut self, io: Option<&mut DeviceIo>, keep: &[usize]) -> Result<(), EngineError> {
+        let present = self
+            .present
+            .take()
+            .ok_or_else(|| EngineError::Params("retain before a step".into()))?;
+        if keep.is_empty() {
+            self.past = Vec::new();
+            self.cross_rows = Vec::new();
+            self.past_len = 0;
+            self.rows = 0;
+            return Ok(());
+        }
+        let identity = keep.len() == self.rows && keep.iter().enumerate().all(|(i, &p)| i == p);
+        if identity {
+            self.past = present;
+        } else {
+            match io {
+                Some(io) => {
+                    self.past = io.select_rows(&present, keep)?;
+                    self.cross_rows = io.select_rows(&self.cross_rows, keep)?;
+                }
+                None => {
+                    self.past = host_select(&present, 0, keep)?;
+                    self.cross_rows = host_select(&self.cross_rows, 0, keep)?;
+                }
+            }
+        }
+        self.rows = keep.len();
+        Ok(())
+    }
+
+    /// Drops the first `k` cache positions of every row (positions every row's mask hides).
+    pub fn drop_positions(
+        &mut self,
+        io: Option<&mut DeviceIo>,
+        k: usize,
+    ) -> Result<(), EngineError> {
+        if k == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let keep: Vec<usize> = (k..self.past_len).collect();
+        self.past = match io {
+            Some(io) => io.select_positions(&self.past, &keep)?,
+            None => host_select(&self.past, 2, &keep)?,
+        };
+        self.past_len -= k;
+        Ok(())
     }
 
     fn select_images(
@@ -162,15 +320,33 @@ impl DecodeState {
         input_ids: Array2<i64>,
     ) -> Result<Array2<f32>, EngineError> {
         let (rows, t) = input_ids.dim();
-        if rows != self.rows {
-            return Err(EngineError::Params(format!(
-                "{rows} input rows for a state of {} rows",
-                self.rows
-            )));
-        }
         let past_len = self.past_len;
         let position_ids = Array2::from_shape_fn((rows, t), |(_, j)| (past_len + j) as i64);
         let mask = Array2::<i64>::ones((rows, past_len + t));
+        self.step_masked(decoder, io, names, input_ids, position_ids, mask)
+    }
+
+    /// One decoder step with each row's own positions and mask `[R, cache + T]` (0 = a cache
+    /// position the row must not see): continuous batching, where rows joined at different
+    /// steps.
+    pub fn step_masked(
+        &mut self,
+        decoder: &mut Session,
+        io: Option<&DeviceIo>,
+        names: &DecoderNames,
+        input_ids: Array2<i64>,
+        position_ids: Array2<i64>,
+        mask: Array2<i64>,
+    ) -> Result<Array2<f32>, EngineError> {
+        let (rows, t) = input_ids.dim();
+        if rows != self.rows || mask.dim() != (rows, self.past_len + t) {
+            return Err(EngineError::Params(format!(
+                "{rows} input rows and a {:?} mask for a state of {} rows and {} positions",
+                mask.dim(),
+                self.rows,
+                self.past_len
+            )));
+        }
         let ids = Tensor::from_array(input_ids)?.into_dyn();
         let position_ids = Tensor::from_array(position_ids)?.into_dyn();
         let mask = Tensor::from_array(mask)?.into_dyn();

@@ -39,12 +39,16 @@ pub enum Place {
     Host,
 }
 
-/// A device, its memory kinds, and a row-gather graph for `count` float tensors of one rank.
+/// A device, its memory kinds, and the small graphs that move decoding state on it: a row
+/// gather (axis 0) for `count` float tensors of one rank at once and, for decoding, a position
+/// gather (axis 2) and a row concatenation.
 pub struct DeviceIo {
     device: Device,
     device_mem: MemoryInfo<'static>,
     host_mem: MemoryInfo<'static>,
-    gather: Session,
+    gather_rows: Session,
+    gather_positions: Option<Session>,
+    concat_rows: Option<Session>,
     count: usize,
 }
 
@@ -66,19 +70,41 @@ impl DeviceIo {
         count: usize,
         rank: usize,
     ) -> Result<Self, EngineError> {
-        let model = gather_model(count, rank)?;
-        let gather = rt.session_from_model(
+        let gather_rows = rt.session_from_model(
             &format!("row gather x{count} (rank {rank})"),
-            model,
+            gather_model(count, rank, 0)?,
             options,
         )?;
         Ok(Self {
             device: options.device,
             device_mem: device_memory(options.device)?,
             host_mem: host_memory(options.device)?,
-            gather,
+            gather_rows,
+            gather_positions: None,
+            concat_rows: None,
             count,
         })
+    }
+
+    /// A device IO for `count` KV-cache tensors `[rows, heads, positions, d]`: row gathers,
+    /// position gathers and row concatenation (continuous batching).
+    pub fn for_decoding(
+        rt: &OrtRuntime,
+        options: &SessionOptions,
+        count: usize,
+    ) -> Result<Self, EngineError> {
+        let mut io = Self::new(rt, options, count, 4)?;
+        io.gather_positions = Some(rt.session_from_model(
+            &format!("position gather x{count}"),
+            gather_model(count, 4, 2)?,
+            options,
+        )?);
+        io.concat_rows = Some(rt.session_from_model(
+            &format!("row concat x{count}"),
+            concat_model(count, 4)?,
+            options,
+        )?);
+        Ok(io)
     }
 
     /// The device.
@@ -115,31 +141,62 @@ impl DeviceIo {
         rows: &[usize],
         place: Place,
     ) -> Result<Vec<DynValue>, EngineError> {
-        let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let index = Tensor::from_array((vec![index.len()], index))?.into_dyn();
-        let mut out = Vec::with_capacity(values.len());
-        let names_in: Vec<String> = (0..self.count).map(|i| format!("x_{i}")).collect();
-        let names_out: Vec<String> = (0..self.count).map(|i| format!("y_{i}")).collect();
-        for chunk in values.chunks(self.count) {
-            if chunk.len() != self.count {
-                return Err(EngineError::Graph(format!(
-                    "row gather takes {} tensors at once, got {}",
-                    self.count,
-                    chunk.len()
-                )));
-            }
-            let mut inputs: Vec<(&str, &DynValue)> = vec![("index", &index)];
-            inputs.extend(names_in.iter().map(String::as_str).zip(chunk));
-            let outputs: Vec<(&str, Place)> =
-                names_out.iter().map(|n| (n.as_str(), place)).collect();
-            out.extend(run_bound(
-                &mut self.gather,
-                (&self.device_mem, &self.host_mem),
-                &inputs,
-                &outputs,
-            )?);
-        }
-        Ok(out)
+        let index = index_value(rows)?;
+        let mems = (&self.device_mem, &self.host_mem);
+        run_chunked(
+            &mut self.gather_rows,
+            mems,
+            self.count,
+            values,
+            None,
+            Some(&index),
+            place,
+        )
+    }
+
+    /// Positions `positions` (axis 2) of each KV-cache tensor of `values`.
+    pub fn select_positions(
+        &mut self,
+        values: &[DynValue],
+        positions: &[usize],
+    ) -> Result<Vec<DynValue>, EngineError> {
+        let index = index_value(positions)?;
+        let mems = (&self.device_mem, &self.host_mem);
+        let session = self
+            .gather_positions
+            .as_mut()
+            .ok_or_else(|| EngineError::Graph("this device IO has no position gather".into()))?;
+        run_chunked(
+            session,
+            mems,
+            self.count,
+            values,
+            None,
+            Some(&index),
+            Place::Device,
+        )
+    }
+
+    /// `values` with `more`'s rows appended (one pair of tensors at a time).
+    pub fn concat_rows(
+        &mut self,
+        values: &[DynValue],
+        more: &[DynValue],
+    ) -> Result<Vec<DynValue>, EngineError> {
+        let mems = (&self.device_mem, &self.host_mem);
+        let session = self
+            .concat_rows
+            .as_mut()
+            .ok_or_else(|| EngineError::Graph("this device IO has no row concatenation".into()))?;
+        run_chunked(
+            session,
+            mems,
+            self.count,
+            values,
+            Some(more),
+            None,
+            Place::Device,
+        )
     }
 
     /// A host array as a value to bind (copied to the device by the binding).
@@ -150,6 +207,53 @@ impl DeviceIo {
     {
         Ok(Tensor::from_array(array)?.into_dyn())
     }
+}
+
+fn index_value(index: &[usize]) -> Result<DynValue, EngineError> {
+    let index: Vec<i64> = index.iter().map(|&r| r as i64).collect();
+    Ok(Tensor::from_array((vec![index.len()], index))?.into_dyn())
+}
+
+/// Runs a gather (`x_i`, `index` -> `y_i`) or concat (`x_i`, `z_i` -> `y_i`) graph of `count`
+/// tensors over `values` in chunks of `count`.
+fn run_chunked(
+    session: &mut Session,
+    mems: (&MemoryInfo<'static>, &MemoryInfo<'static>),
+    count: usize,
+    values: &[DynValue],
+    second: Option<&[DynValue]>,
+    index: Option<&DynValue>,
+    place: Place,
+) -> Result<Vec<DynValue>, EngineError> {
+    if !values.len().is_multiple_of(count) || second.is_some_and(|s| s.len() != values.len()) {
+        return Err(EngineError::Graph(format!(
+            "a graph of {count} tensors given {} (and {:?})",
+            values.len(),
+            second.map(<[DynValue]>::len)
+        )));
+    }
+    let names_x: Vec<String> = (0..count).map(|i| format!("x_{i}")).collect();
+    let names_z: Vec<String> = (0..count).map(|i| format!("z_{i}")).collect();
+    let names_y: Vec<String> = (0..count).map(|i| format!("y_{i}")).collect();
+    let outputs: Vec<(&str, Place)> = names_y.iter().map(|n| (n.as_str(), place)).collect();
+    let mut out = Vec::with_capacity(values.len());
+    for (c, chunk) in values.chunks(count).enumerate() {
+        let mut inputs: Vec<(&str, &DynValue)> = Vec::with_capacity(2 * count + 1);
+        if let Some(index) = index {
+            inputs.push(("index", index));
+        }
+        inputs.extend(names_x.iter().map(String::as_str).zip(chunk));
+        if let Some(second) = second {
+            inputs.extend(
+                names_z
+                    .iter()
+                    .map(String::as_str)
+                    .zip(&second[c * count..(c + 1) * count]),
+            );
+        }
+        out.extend(run_bound(session, mems, &inputs, &outputs)?);
+    }
+    Ok(out)
 }
 
 fn run_bound(
@@ -185,9 +289,44 @@ pub fn to_host_array(value: &DynValue) -> Result<ArrayD<f32>, EngineError> {
     Ok(value.try_extract_array::<f32>()?.to_owned())
 }
 
-/// `y_i = Gather(x_i, index, axis=0)` for `count` float tensors of rank `rank` with every
+fn float_outlet(name: String, rank: usize) -> Outlet {
+    Outlet::new(
+        name,
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape: Shape::new(vec![-1i64; rank]),
+            dimension_symbols: SymbolicDimensions::empty(rank),
+        },
+    )
+}
+
+/// `y_i = Concat(x_i, z_i, axis=0)` for `count` float tensors of rank `rank`.
+fn concat_model(count: usize, rank: usize) -> Result<Model, EngineError> {
+    let mut graph = Graph::new()?;
+    let mut inputs: Vec<Outlet> = (0..count)
+        .map(|i| float_outlet(format!("x_{i}"), rank))
+        .collect();
+    inputs.extend((0..count).map(|i| float_outlet(format!("z_{i}"), rank)));
+    graph.set_inputs(inputs)?;
+    graph.set_outputs((0..count).map(|i| float_outlet(format!("y_{i}"), rank)))?;
+    for i in 0..count {
+        graph.add_node(Node::new(
+            "Concat",
+            ONNX_DOMAIN,
+            format!("concat_{i}"),
+            [format!("x_{i}"), format!("z_{i}")],
+            [format!("y_{i}")],
+            [Attribute::new("axis", 0i64)?],
+        )?)?;
+    }
+    let mut model = Model::new([Opset::new(ONNX_DOMAIN, GATHER_OPSET)?])?;
+    model.set_graph(graph)?;
+    Ok(model)
+}
+
+/// `y_i = Gather(x_i, index, axis)` for `count` float tensors of rank `rank` with every
 /// dimension symbolic.
-fn gather_model(count: usize, rank: usize) -> Result<Model, EngineError> {
+fn gather_model(count: usize, rank: usize, axis: i64) -> Result<Model, EngineError> {
     let float = |name: String| {
         Outlet::new(
             name,
@@ -217,7 +356,7 @@ fn gather_model(count: usize, rank: usize) -> Result<Model, EngineError> {
             format!("gather_{i}"),
             [format!("x_{i}"), "index".to_string()],
             [format!("y_{i}")],
-            [Attribute::new("axis", 0i64)?],
+            [Attribute::new("axis", axis)?],
         )?)?;
     }
     let mut model = Model::new([Opset::new(ONNX_DOMAIN, GATHER_OPSET)?])?;

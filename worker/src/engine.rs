@@ -200,68 +200,104 @@ impl Engine {
         crate::metrics::stage("captioner", (t1 - t0).as_secs_f64());
         metrics::histogram!(crate::metrics::BATCH_IMAGES).record(images.len() as f64);
 
-        let embeds = if self.shared_pixels() {
-            self.filter.image_embeds(pixels.view())?
-        } else {
-            let size = self.filter.preprocessing().image_size as usize;
-            let bufs = images
-                .iter()
-                .map(|i| {
-                    i.filter_pixels.as_deref().ok_or_else(|| {
-                        EngineError::Params(format!("image {} has no filter pixels", i.key))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.filter
-                .image_embeds(stack_pixels(&bufs, size)?.view())?
-        };
-        let mut pairs: Vec<(usize, &str)> = Vec::new();
-        for (i, img) in images.iter().enumerate() {
-            if let Some(web) = &img.web_text {
-                pairs.push((i, web.as_str()));
-            }
-            for c in &captions[i] {
-                pairs.push((i, c.text.as_str()));
-            }
-        }
-        let scores = self.filter.score(&embeds, &pairs, self.params.itm_batch)?;
-        timings.filter += t1.elapsed();
-        crate::metrics::stage("filter", t1.elapsed().as_secs_f64());
-        metrics::counter!(crate::metrics::IMAGES_PROCESSED).increment(images.len() as u64);
-
-        let threshold = self.params.threshold;
-        let mut scores = scores.into_iter();
-        let mut out = Vec::with_capacity(images.len());
-        for (i, img) in images.iter().enumerate() {
-            let mut judged = Vec::with_capacity(1 + captions[i].len());
-            if let Some(web) = &img.web_text {
-                let score = scores
-                    .next()
-                    .ok_or_else(|| EngineError::Graph("missing ITM score".into()))?;
-                judged.push(Judged {
-                    text: web.clone(),
-                    origin: Origin::Web,
-                    candidate: None,
-                    seed: None,
-                    kept: score.itm_prob >= threshold,
-                    score,
-                });
-            }
-            for c in &captions[i] {
-                let score = scores
-                    .next()
-                    .ok_or_else(|| EngineError::Graph("missing ITM score".into()))?;
-                judged.push(Judged {
-                    text: c.text.clone(),
-                    origin: Origin::Synthetic,
-                    candidate: Some(c.candidate),
-                    seed: c.seed,
-                    kept: score.itm_prob >= threshold,
-                    score,
-                });
-            }
-            out.push(judged);
-        }
-        Ok(out)
+        let shared = self.shared_pixels();
+        judge(
+            &mut self.filter,
+            &self.params,
+            images,
+            shared.then(|| pixels.view()),
+            shared,
+            captions,
+            timings,
+        )
     }
+}
+
+/// The filter's half of the CapFilt step: each image's web text (first, if any) and its
+/// synthetic `captions`, scored and judged against `params.threshold`. When the filter
+/// `shared` the captioner's preprocessing it reads the captioner's pixels (`pixels`, already
+/// stacked, when the caller has them), else each image's `filter_pixels`.
+#[allow(clippy::too_many_arguments)]
+pub fn judge(
+    filter: &mut Filter,
+    params: &StepParams,
+    images: &[PreparedImage],
+    pixels: Option<ndarray::ArrayView4<'_, f32>>,
+    shared: bool,
+    captions: Vec<Vec<crate::captioner::Caption>>,
+    timings: &mut StepTimings,
+) -> Result<Vec<Vec<Judged>>, EngineError> {
+    let t1 = Instant::now();
+    let embeds = if shared {
+        match pixels {
+            Some(p) => filter.image_embeds(p)?,
+            None => {
+                let size = filter.preprocessing().image_size as usize;
+                let bufs: Vec<&[f32]> = images
+                    .iter()
+                    .map(|i| i.captioner_pixels.as_slice())
+                    .collect();
+                filter.image_embeds(stack_pixels(&bufs, size)?.view())?
+            }
+        }
+    } else {
+        let size = filter.preprocessing().image_size as usize;
+        let bufs = images
+            .iter()
+            .map(|i| {
+                i.filter_pixels.as_deref().ok_or_else(|| {
+                    EngineError::Params(format!("image {} has no filter pixels", i.key))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        filter.image_embeds(stack_pixels(&bufs, size)?.view())?
+    };
+    let mut pairs: Vec<(usize, &str)> = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        if let Some(web) = &img.web_text {
+            pairs.push((i, web.as_str()));
+        }
+        for c in &captions[i] {
+            pairs.push((i, c.text.as_str()));
+        }
+    }
+    let scores = filter.score(&embeds, &pairs, params.itm_batch)?;
+    timings.filter += t1.elapsed();
+    crate::metrics::stage("filter", t1.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::IMAGES_PROCESSED).increment(images.len() as u64);
+
+    let threshold = params.threshold;
+    let mut scores = scores.into_iter();
+    let mut out = Vec::with_capacity(images.len());
+    for (i, img) in images.iter().enumerate() {
+        let mut judged = Vec::with_capacity(1 + captions[i].len());
+        if let Some(web) = &img.web_text {
+            let score = scores
+                .next()
+                .ok_or_else(|| EngineError::Graph("missing ITM score".into()))?;
+            judged.push(Judged {
+                text: web.clone(),
+                origin: Origin::Web,
+                candidate: None,
+                seed: None,
+                kept: score.itm_prob >= threshold,
+                score,
+            });
+        }
+        for c in &captions[i] {
+            let score = scores
+                .next()
+                .ok_or_else(|| EngineError::Graph("missing ITM score".into()))?;
+            judged.push(Judged {
+                text: c.text.clone(),
+                origin: Origin::Synthetic,
+                candidate: Some(c.candidate),
+                seed: c.seed,
+                kept: score.itm_prob >= threshold,
+                score,
+            });
+        }
+        out.push(judged);
+    }
+    Ok(out)
 }

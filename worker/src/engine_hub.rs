@@ -14,19 +14,28 @@
 //!                                                 -> results split back to each slot
 //! ```
 //!
+//! With continuous batching (the default on CUDA, `[worker] continuous_batching`), the hub keeps
+//! the captioner decoding without pause: images of every queued chunk join the running batch as
+//! other images' captions finish (see `Captioner::caption_continuous`), and a chunk is judged
+//! by the filter and handed back as soon as its last image has its captions.
+//!
 //! The hub of bundles no lease uses any more is dropped by the worker when a lease of other
 //! bundles arrives; its thread ends once the slots still using it finish, and its sessions and
 //! device memory go with it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use capfilt_schemas::bundle::Preprocessing;
 
-use crate::engine::{Engine, Judged, PreparedImage, StepParams, StepRunner, StepTimings};
+use crate::captioner::{Caption, CaptionFeed, FeedImage};
+use crate::engine::{Engine, Judged, PreparedImage, StepParams, StepRunner, StepTimings, judge};
 use crate::engine_error::EngineError;
+use crate::filter::Filter;
 
 type Reply = Result<(Vec<Vec<Judged>>, StepTimings), EngineError>;
 
@@ -47,6 +56,8 @@ pub struct HubStats {
     pub images: AtomicU64,
     /// Batches that held chunks of more than one caller.
     pub merged_batches: AtomicU64,
+    /// Continuous batching: images that joined a batch while other images were decoding.
+    pub joined_running: AtomicU64,
 }
 
 /// A device's shared engine and the thread that runs it.
@@ -70,8 +81,14 @@ impl std::fmt::Debug for EngineHub {
 
 impl EngineHub {
     /// Starts the hub's thread with `engine`; batches hold at most `max_batch` images (more
-    /// only when one chunk alone is larger).
-    pub fn start(engine: Engine, max_batch: usize) -> Result<Arc<Self>, EngineError> {
+    /// only when one chunk alone is larger). With `continuous`, the captioner decodes up to
+    /// `max_batch` images' rows at a time and images join as others finish (greedy and nucleus
+    /// decoding; beam search runs batch by batch).
+    pub fn start(
+        engine: Engine,
+        max_batch: usize,
+        continuous: bool,
+    ) -> Result<Arc<Self>, EngineError> {
         let captioner_pre = engine.captioner.preprocessing().clone();
         let filter_pre = (!engine.shared_pixels()).then(|| engine.filter.preprocessing().clone());
         let (sender, receiver) = mpsc::channel::<Job>();
@@ -80,7 +97,13 @@ impl EngineHub {
         let max_batch = max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("capfilt-engine".into())
-            .spawn(move || serve(engine, &receiver, max_batch, &thread_stats))
+            .spawn(move || {
+                if continuous {
+                    serve_continuous(engine, &receiver, max_batch, &thread_stats);
+                } else {
+                    serve(engine, &receiver, max_batch, &thread_stats);
+                }
+            })
             .map_err(|e| EngineError::Shared(format!("cannot start the engine thread: {e}")))?;
         Ok(Arc::new(Self {
             sender: Some(sender),
@@ -233,4 +256,217 @@ fn run_group(engine: &mut Engine, params: StepParams, group: Vec<Job>, stats: &H
             }
         }
     }
+}
+
+/// A chunk being captioned continuously.
+struct Pending {
+    job: Job,
+    captions: Vec<Option<Vec<Caption>>>,
+    left: usize,
+    accepted: Instant,
+}
+
+/// The continuous captioner's feed: images of queued chunks in arrival order; a chunk is
+/// judged and answered when its last image has its captions.
+struct HubFeed<'a> {
+    receiver: &'a mpsc::Receiver<Job>,
+    generation: crate::sampling::GenerationParams,
+    filter: &'a mut Filter,
+    shared_pixels: bool,
+    stats: &'a HubStats,
+    chunks: HashMap<u64, Pending>,
+    queue: VecDeque<(u64, usize)>,
+    next_chunk: u64,
+    /// A chunk of other generation parameters: it starts the next run.
+    held: Option<Job>,
+    closed: bool,
+}
+
+impl HubFeed<'_> {
+    fn accept(&mut self, job: Job) {
+        self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .images
+            .fetch_add(job.images.len() as u64, Ordering::Relaxed);
+        let id = self.next_chunk;
+        self.next_chunk += 1;
+        let n = job.images.len();
+        self.queue.extend((0..n).map(|i| (id, i)));
+        self.chunks.insert(
+            id,
+            Pending {
+                captions: vec![None; n],
+                left: n,
+                job,
+                accepted: Instant::now(),
+            },
+        );
+    }
+
+    /// Takes queued chunks of this run's generation parameters from the channel.
+    fn poll(&mut self, wait: bool) {
+        if self.held.is_some() || self.closed {
+            return;
+        }
+        loop {
+            let next = if wait && self.queue.is_empty() {
+                self.receiver
+                    .recv()
+                    .map_err(|_| mpsc::TryRecvError::Disconnected)
+            } else {
+                self.receiver.try_recv()
+            };
+            match next {
+                Ok(job) if job.params.generation == self.generation => self.accept(job),
+                Ok(job) => {
+                    self.held = Some(job);
+                    return;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    fn fail_all(&mut self, message: &str) {
+        for (_, p) in self.chunks.drain() {
+            let _ = p
+                .job
+                .reply
+                .send(Err(EngineError::Shared(message.to_string())));
+        }
+        self.queue.clear();
+    }
+}
+
+impl CaptionFeed for HubFeed<'_> {
+    fn more(&mut self, max: usize, wait: bool) -> Result<Vec<FeedImage>, EngineError> {
+        self.poll(wait);
+        let running = !wait;
+        let mut out = Vec::with_capacity(max.min(self.queue.len()));
+        while out.len() < max {
+            let Some((chunk, i)) = self.queue.pop_front() else {
+                break;
+            };
+            let p = self
+                .chunks
+                .get(&chunk)
+                .ok_or_else(|| EngineError::Shared(format!("unknown chunk {chunk}")))?;
+            let image = &p.job.images[i];
+            out.push(FeedImage {
+                id: (chunk << 32) | i as u64,
+                pixels: image.captioner_pixels.clone(),
+                key: image.key.clone(),
+                round: p.job.params.round,
+            });
+        }
+        if running {
+            self.stats
+                .joined_running
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    fn finished(&mut self, id: u64, captions: Vec<Caption>) -> Result<(), EngineError> {
+        let (chunk, i) = (id >> 32, (id & 0xffff_ffff) as usize);
+        let p = self
+            .chunks
+            .get_mut(&chunk)
+            .ok_or_else(|| EngineError::Shared(format!("captions of unknown chunk {chunk}")))?;
+        p.captions[i] = Some(captions);
+        p.left -= 1;
+        if p.left > 0 {
+            return Ok(());
+        }
+        let Some(p) = self.chunks.remove(&chunk) else {
+            return Ok(());
+        };
+        let captions: Vec<Vec<Caption>> = p
+            .captions
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        // The chunk's captioning time: from its arrival to its last caption (shared with the
+        // chunks decoding beside it).
+        let mut timings = StepTimings {
+            caption: p.accepted.elapsed(),
+            ..StepTimings::default()
+        };
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let judged = judge(
+            self.filter,
+            &p.job.params,
+            &p.job.images,
+            None,
+            self.shared_pixels,
+            captions,
+            &mut timings,
+        );
+        // The filter's error is this chunk's only: the others go on.
+        let reply = judged
+            .map(|j| (j, timings))
+            .map_err(|e| EngineError::Shared(e.to_string()));
+        let _ = p.job.reply.send(reply);
+        Ok(())
+    }
+}
+
+fn serve_continuous(
+    mut engine: Engine,
+    receiver: &mpsc::Receiver<Job>,
+    max_batch: usize,
+    stats: &HubStats,
+) {
+    let shared_pixels = engine.shared_pixels();
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        if first.params.generation.decoding == crate::sampling::Decoding::Beam {
+            // Beam search keeps its beams together: batch by batch.
+            stats.chunks.fetch_add(1, Ordering::Relaxed);
+            let params = first.params.clone();
+            run_group(&mut engine, params, vec![first], stats);
+            continue;
+        }
+        let generation = first.params.generation.clone();
+        let per_image = generation.captions_per_image();
+        let Engine {
+            captioner, filter, ..
+        } = &mut engine;
+        let mut feed = HubFeed {
+            receiver,
+            generation: generation.clone(),
+            filter,
+            shared_pixels,
+            stats,
+            chunks: HashMap::new(),
+            queue: VecDeque::new(),
+            next_chunk: 0,
+            held: None,
+            closed: false,
+        };
+        feed.accept(first);
+        let t = Instant::now();
+        if let Err(e) = captioner.caption_continuous(&mut feed, &generation, max_batch * per_image)
+        {
+            tracing::warn!(error = %e, "continuous captioning failed");
+            feed.fail_all(&e.to_string());
+        }
+        crate::metrics::stage("captioner", t.elapsed().as_secs_f64());
+        held = feed.held.take();
+        if feed.closed && held.is_none() {
+            break;
+        }
+    }
+    tracing::info!("engine thread done: its sessions are freed");
 }

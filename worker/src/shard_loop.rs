@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Most images in one batch of the shared engine [default: 32 on the CPU, 128 on CUDA].
     pub max_batch: Option<usize>,
+    /// Continuous batching in the shared engine: images join the decoding batch as others'
+    /// captions finish [default: on for CUDA, off on the CPU].
+    pub continuous_batching: Option<bool>,
     /// ONNX Runtime sessions (device, threads).
     pub session: SessionOptions,
     /// ONNX Runtime library.
@@ -97,6 +100,7 @@ impl WorkerConfig {
             ),
             slots: 1,
             max_batch: None,
+            continuous_batching: None,
             session: SessionOptions::default(),
             ort: OrtConfig::for_build(),
             cache_dir: crate::bundle::default_cache_dir(),
@@ -870,6 +874,9 @@ async fn shared_engine(
     let (session, ort, health) = (cfg.session, cfg.ort.clone(), cfg.health.clone());
     let (cap, fil, params) = (cap.clone(), fil.clone(), params.clone());
     let max_batch = cfg.max_batch();
+    let continuous = cfg
+        .continuous_batching
+        .unwrap_or(matches!(cfg.session.device, Device::Cuda(_)));
     let loaded = tokio::task::spawn_blocking(move || {
         // The old engine's last reference may be this one: its thread is joined here, off the
         // async threads.
@@ -878,12 +885,17 @@ async fn shared_engine(
             .map_err(EngineError::from)
             .and_then(|rt| Engine::load(rt, &cap, &fil, &session, params));
         health.engine_loaded(loaded.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        EngineHub::start(loaded?, max_batch)
+        EngineHub::start(loaded?, max_batch, continuous)
     })
     .await
     .map_err(|e| EngineError::Shared(format!("loading the engine panicked: {e}")))??;
     metrics::counter!(crate::metrics::ENGINE_LOADS).increment(1);
-    tracing::info!(max_batch, slots = cfg.slots, "shared engine started");
+    tracing::info!(
+        max_batch,
+        continuous,
+        slots = cfg.slots,
+        "shared engine started"
+    );
     *slot = Some((key.clone(), loaded.clone()));
     Ok(loaded)
 }

@@ -71,6 +71,15 @@ fn texts(judged: &[Vec<Judged>]) -> Vec<Vec<(String, u32)>> {
 
 #[test]
 fn callers_share_batches_and_each_gets_its_own_results() {
+    callers_share(false);
+}
+
+#[test]
+fn with_continuous_batching_callers_images_join_the_running_batch_with_the_same_results() {
+    callers_share(true);
+}
+
+fn callers_share(continuous: bool) {
     // What each caller's chunks give on an engine of its own.
     let rounds = [1u32, 1, 1, 2];
     let mut want = Vec::new();
@@ -84,7 +93,9 @@ fn callers_share_batches_and_each_gets_its_own_results() {
         want.push(out);
     }
 
-    let hub = EngineHub::start(engine(1), 64).expect("hub");
+    // Continuous: 4 images' rows at a time, so images join as others finish.
+    let max_batch = if continuous { 4 } else { 64 };
+    let hub = EngineHub::start(engine(1), max_batch, continuous).expect("hub");
     let barrier = Arc::new(std::sync::Barrier::new(rounds.len()));
     let handles: Vec<_> = rounds
         .iter()
@@ -117,11 +128,18 @@ fn callers_share_batches_and_each_gets_its_own_results() {
     let stats = hub.stats();
     assert_eq!(stats.chunks.load(Ordering::Relaxed), 16);
     assert_eq!(stats.images.load(Ordering::Relaxed), 48);
-    assert!(
-        stats.merged_batches.load(Ordering::Relaxed) >= 1,
-        "no batch held chunks of two callers: {stats:?}"
-    );
-    assert!(stats.batches.load(Ordering::Relaxed) < 16);
+    if continuous {
+        assert!(
+            stats.joined_running.load(Ordering::Relaxed) >= 1,
+            "no image joined a running batch: {stats:?}"
+        );
+    } else {
+        assert!(
+            stats.merged_batches.load(Ordering::Relaxed) >= 1,
+            "no batch held chunks of two callers: {stats:?}"
+        );
+        assert!(stats.batches.load(Ordering::Relaxed) < 16);
+    }
 }
 
 fn engine_params() -> StepParams {
@@ -137,7 +155,7 @@ fn engine_params() -> StepParams {
 
 #[test]
 fn a_failing_batch_fails_its_callers_with_the_reason_and_the_hub_goes_on() {
-    let hub = EngineHub::start(engine(1), 8).expect("hub");
+    let hub = EngineHub::start(engine(1), 8, false).expect("hub");
     let mut client = hub.client(engine_params());
     let mut bad = chunks(0).remove(0);
     bad[1].captioner_pixels.truncate(10);

@@ -1,0 +1,123 @@
+//! Continuous batching: images join the decoding batch as rows finish. Each image's captions
+//! must be the ones it gets in a batch of its own (every token id, greedy and nucleus), on the
+//! device-resident path and the host path alike.
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use capfilt_worker::captioner::{CaptionFeed, FeedImage, SeedBase, stack_pixels};
+use capfilt_worker::preprocess::{ImageLimits, decode_rgb, pixel_values};
+use capfilt_worker::{Caption, Captioner, Decoding, EngineError, GenerationParams, SessionOptions};
+use common::*;
+
+struct Feed {
+    queue: VecDeque<FeedImage>,
+    done: BTreeMap<u64, Vec<Caption>>,
+    asked: Vec<usize>,
+}
+
+impl CaptionFeed for Feed {
+    fn more(&mut self, max: usize, _wait: bool) -> Result<Vec<FeedImage>, EngineError> {
+        self.asked.push(max);
+        let n = max.min(self.queue.len());
+        Ok(self.queue.drain(..n).collect())
+    }
+
+    fn finished(&mut self, id: u64, captions: Vec<Caption>) -> Result<(), EngineError> {
+        assert!(self.done.insert(id, captions).is_none(), "image {id} twice");
+        Ok(())
+    }
+}
+
+fn images() -> Vec<Vec<f32>> {
+    let pre = seed_bundle("captioner").manifest.preprocessing.clone();
+    golden()["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            let bytes = std::fs::read(golden_dir().join(r["image"].as_str().expect("image")))
+                .expect("read");
+            pixel_values(
+                &decode_rgb(&bytes, &ImageLimits::default()).expect("decode"),
+                &pre,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn images_joining_a_running_batch_get_the_captions_of_a_batch_of_their_own() {
+    let bundle = seed_bundle("captioner");
+    let size = bundle.manifest.preprocessing.image_size as usize;
+    let pixels = images();
+    // 3 rounds of the golden images under different keys: more images than rows.
+    let keys: Vec<String> = (0..3 * pixels.len()).map(|i| format!("key-{i}")).collect();
+    for host_decoding in [false, true] {
+        let options = SessionOptions {
+            host_decoding,
+            ..options()
+        };
+        let mut captioner = Captioner::load(runtime(), &bundle, &options).expect("captioner");
+        for (decoding, candidates) in [(Decoding::Greedy, 1), (Decoding::Nucleus, 2)] {
+            let params = GenerationParams {
+                decoding,
+                candidates,
+                ..captioner.defaults().clone()
+            };
+            // Reference: each image alone.
+            let mut want = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                let one =
+                    stack_pixels(&[pixels[i % pixels.len()].as_slice()], size).expect("stack");
+                let seeds = [SeedBase { key, round: 3 }];
+                want.push(
+                    captioner
+                        .generate(one.view(), &seeds, &params)
+                        .expect("alone")
+                        .remove(0),
+                );
+            }
+            let mut feed = Feed {
+                queue: keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| FeedImage {
+                        id: i as u64,
+                        pixels: pixels[i % pixels.len()].clone(),
+                        key: key.clone(),
+                        round: 3,
+                    })
+                    .collect(),
+                done: BTreeMap::new(),
+                asked: Vec::new(),
+            };
+            let steps_before = captioner.steps_run;
+            captioner
+                .caption_continuous(&mut feed, &params, 4 * candidates)
+                .expect("continuous");
+            assert_eq!(feed.done.len(), keys.len());
+            // Images were admitted while others were still decoding (not only at the start).
+            assert!(
+                feed.asked.iter().skip(1).any(|&m| m > 0 && m < 4),
+                "{:?}",
+                feed.asked
+            );
+            let mut differ = 0;
+            for (i, caps) in &feed.done {
+                let w = &want[*i as usize];
+                assert_eq!(caps.len(), w.len());
+                for (c, d) in caps.iter().zip(w) {
+                    assert_eq!((c.candidate, c.seed), (d.candidate, d.seed));
+                    if c.ids != d.ids {
+                        differ += 1;
+                        eprintln!("{decoding:?} image {i}: {:?} vs alone {:?}", c.text, d.text);
+                    }
+                }
+            }
+            assert_eq!(differ, 0, "{decoding:?}, host_decoding {host_decoding}");
+            assert!(captioner.steps_run > steps_before);
+        }
+    }
+}
