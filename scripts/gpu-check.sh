@@ -15,7 +15,9 @@
 #     with the seed bundles, fp32 and fp16, compared by scripts/compare_runs.py;
 #  6. BLIP-base-shape bundles with random weights, fp32 + fp16 (scripts/make-base-bundles.sh,
 #     unless DIR/base exists), and capfilt-bench fp32 and fp16 against HF transformers on the
-#     same GPU in the same run, batch 1, 8, 32 and 64.
+#     same GPU in the same run, batch 1, 8, 32 and 64, on real photos;
+#  7. `capfilt run` over a 10,000-image web split with the base-shape fp16 bundles, one worker
+#     with 4 slots sharing the GPU's engine, with continuous batching and without (img/s).
 #
 # The report is DIR/report.txt (default DIR: target/gpu-check). A failing step is recorded and
 # the next one runs; the exit code is 1 if any step failed.
@@ -116,6 +118,19 @@ for precision in fp32 fp16; do
     --captioner "$base/captioner" --filter "$base/filter" --data "$out/photos.parquet" --images "$images" \
     --batch-sizes 1,8,32,64 --threads 8 --device cuda:0 --precision "$precision"
 done
+web="$out/web10k"
+[ -d "$web/web" ] || "$bin" synth --out "$web" --seed-rows 10 --web-rows 10000 --eval-rows 10 --seed 5 >/dev/null
+printf '[worker]\nslots = 4\n' > "$out/run.toml"
+pipeline() { # CONTINUOUS
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$bin" run --config "$out/run.toml" --input "$web/web" --output "$out/run-continuous-$1" --captioner "$base/captioner" \
+    --filter "$base/filter" --workers 1 --device cuda:0 --continuous-batching "$1" --cache-dir "$out/cache" || return 1
+  t1=$(date +%s.%N)
+  echo "capfilt run, 10000 images, 1 worker x 4 slots, continuous batching $1: $(echo "10000 / ($t1 - $t0)" | bc -l | cut -c1-7) img/s end to end"
+}
+step "capfilt run on cuda:0, continuous batching" pipeline true
+step "capfilt run on cuda:0, batch by batch" pipeline false
 note ""
 note "report: $report ($([ "$failed" = 0 ] && echo 'every step ok' || echo 'some steps FAILED'))"
 exit "$failed"

@@ -191,7 +191,8 @@ METRICS = {
     "capfilt_coordinator_workers_excluded_total",
     "capfilt_worker_images_processed_total", "capfilt_worker_rows_committed_total", "capfilt_worker_texts_total",
     "capfilt_worker_texts_kept_total", "capfilt_worker_rejects_total", "capfilt_worker_shards_total",
-    "capfilt_worker_stage_seconds", "capfilt_worker_batch_images", "capfilt_worker_decode_queue_depth",
+    "capfilt_worker_stage_seconds", "capfilt_worker_batch_images", "capfilt_worker_batch_chunks",
+    "capfilt_worker_decode_queue_depth",
     "capfilt_worker_engine_loads_total", "capfilt_worker_active_leases", "capfilt_worker_info",
     "capfilt_worker_gpu_memory_used_bytes", "capfilt_worker_gpu_memory_total_bytes",
 }
