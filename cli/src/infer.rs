@@ -245,6 +245,7 @@ impl CapfiltOptions {
                 (None, None) => PrecisionChoice::Auto,
             },
             host_decoding: self.host_decoding,
+            spinning: false,
             cuda: CudaOptions {
                 memory_limit: self
                     .gpu_memory_limit_mib

@@ -70,6 +70,11 @@ impl DeviceIo {
         count: usize,
         rank: usize,
     ) -> Result<Self, EngineError> {
+        // Copies: one thread, no pool of its own competing with the model sessions' pools.
+        let options = &SessionOptions {
+            intra_threads: Some(1),
+            ..*options
+        };
         let gather_rows = rt.session_from_model(
             &format!("row gather x{count} (rank {rank})"),
             gather_model(count, rank, 0)?,
@@ -94,6 +99,10 @@ impl DeviceIo {
         count: usize,
     ) -> Result<Self, EngineError> {
         let mut io = Self::new(rt, options, count, 4)?;
+        let options = &SessionOptions {
+            intra_threads: Some(1),
+            ..*options
+        };
         io.gather_positions = Some(rt.session_from_model(
             &format!("position gather x{count}"),
             gather_model(count, 4, 2)?,
