@@ -126,6 +126,18 @@ fn main() -> Result<()> {
         }
     }
     let decode_ips = decoded as f64 / t.elapsed().as_secs_f64();
+    // Decode alone (the JPEG/PNG decoder's share).
+    let t = Instant::now();
+    let mut decoded_only = 0usize;
+    while t.elapsed().as_secs_f64() < 1.0 {
+        for r in &rows {
+            if let Some(bytes) = &r.image {
+                let _ = capfilt_worker::preprocess::decode_rgb(bytes, &limits);
+            }
+            decoded_only += 1;
+        }
+    }
+    let decode_only_ips = decoded_only as f64 / t.elapsed().as_secs_f64();
     let draft_limits = ImageLimits {
         jpeg_draft: true,
         ..limits
@@ -198,6 +210,7 @@ fn main() -> Result<()> {
 
     let mut torch_decode = None;
     let mut torch_draft: Option<(f64, f64, f64)> = None;
+    let mut torch_decode_only = None;
     let mut torch_version = String::new();
     if !args.no_baseline {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
@@ -230,6 +243,7 @@ fn main() -> Result<()> {
         let json: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("the PyTorch baseline printed no JSON")?;
         torch_decode = json["decode_images_per_second_per_core"].as_f64();
+        torch_decode_only = json["decode_only_images_per_second_per_core"].as_f64();
         torch_draft = match (
             json["draft_images_per_second_per_core"].as_f64(),
             json["draft_max_abs_diff"].as_f64(),
@@ -286,6 +300,11 @@ fn main() -> Result<()> {
     print!("decode + resize + normalise, one core: capfilt {decode_ips:.0} img/s");
     match torch_decode {
         Some(p) => println!(", Pillow + numpy {p:.0} img/s ({:.2}x)", decode_ips / p),
+        None => println!(),
+    }
+    print!("  decode alone: capfilt {decode_only_ips:.0} img/s");
+    match torch_decode_only {
+        Some(p) => println!(", Pillow {p:.0} img/s ({:.2}x)", decode_only_ips / p),
         None => println!(),
     }
     print!(
