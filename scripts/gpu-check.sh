@@ -46,7 +46,7 @@ failed=0
 
 build() {
   cargo build --release --locked --features cuda -p capfilt --bins &&
-    cargo test --release --locked --features cuda -p capfilt-worker --test device_io --test parity --no-run
+    cargo test --release --locked --features cuda -p capfilt-worker --test device_io --test parity --test continuous --test engine_hub --no-run
 }
 if [ "$build_only" = 1 ]; then
   build
@@ -84,7 +84,7 @@ export CAPFILT_DEVICE=cuda:0
 step "capfilt doctor --device cuda:0" "$bin" doctor --device cuda:0
 
 step "worker tests on cuda:0 (device-resident decoding, HF parity)" \
-  env CAPFILT_TEST_DEVICE=cuda:0 cargo test --release --locked --features cuda -p capfilt-worker --test device_io --test parity
+  env CAPFILT_TEST_DEVICE=cuda:0 cargo test --release --locked --features cuda -p capfilt-worker --test device_io --test parity --test continuous --test engine_hub
 
 data="$out/data"
 [ -d "$data/eval" ] || "$bin" synth --out "$data" --seed-rows 10 --web-rows 10 --eval-rows 512 --seed 11 >/dev/null
