@@ -22,10 +22,13 @@ pub enum EngineError {
     /// The bundle cannot be used.
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    /// The device's shared engine failed on a batch this caller's images were part of, or
-    /// stopped.
+    /// The device's shared engine failed on a batch this caller's images were part of.
     #[error("shared engine: {0}")]
     Shared(String),
+    /// The device's shared engine thread is gone (it panicked or is shutting down): a fault of
+    /// this worker, not of the shard.
+    #[error("the shared engine stopped: {0}")]
+    EngineStopped(String),
     /// Tokenizer failure.
     #[error(transparent)]
     Text(#[from] TextError),

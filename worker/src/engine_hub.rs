@@ -115,6 +115,12 @@ impl EngineHub {
         }))
     }
 
+    /// Whether the engine thread still runs (it ends only when the hub is dropped, or when it
+    /// panicked).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// The hub's counters.
     pub fn stats(&self) -> &HubStats {
         &self.stats
@@ -168,22 +174,34 @@ impl StepRunner for HubClient {
         if images.is_empty() {
             return Ok(Vec::new());
         }
+        // The engine validated the parameters it was loaded with; each caller's are checked
+        // here (a NaN threshold would never equal itself when chunks are grouped).
+        self.params
+            .generation
+            .validate()
+            .map_err(EngineError::Params)?;
+        if !(0.0..=1.0).contains(&self.params.threshold) {
+            return Err(EngineError::Params(format!(
+                "threshold must be within 0..=1, got {}",
+                self.params.threshold
+            )));
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         let sender = self
             .hub
             .sender
             .as_ref()
-            .ok_or_else(|| EngineError::Shared("the engine is shutting down".into()))?;
+            .ok_or_else(|| EngineError::EngineStopped("the engine is shutting down".into()))?;
         sender
             .send(Job {
                 images,
                 params: self.params.clone(),
                 reply,
             })
-            .map_err(|_| EngineError::Shared("the engine thread stopped".into()))?;
-        let (judged, t) = answer
-            .recv()
-            .map_err(|_| EngineError::Shared("the engine thread stopped mid-batch".into()))??;
+            .map_err(|_| EngineError::EngineStopped("the engine thread is gone".into()))?;
+        let (judged, t) = answer.recv().map_err(|_| {
+            EngineError::EngineStopped("the engine thread ended mid-batch".into())
+        })??;
         timings.caption += t.caption;
         timings.filter += t.filter;
         Ok(judged)
@@ -204,11 +222,14 @@ fn serve(mut engine: Engine, receiver: &mpsc::Receiver<Job>, max_batch: usize, s
             }
         }
         stats.chunks.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        // Jobs of the same parameters run together, in arrival order.
+        // Jobs of the same parameters run together, in arrival order; the first job is
+        // always in its own group, so every pass takes at least one job.
         while !jobs.is_empty() {
-            let params = jobs[0].params.clone();
-            let (group, rest): (Vec<Job>, Vec<Job>) =
+            let first = jobs.remove(0);
+            let params = first.params.clone();
+            let (mut group, rest): (Vec<Job>, Vec<Job>) =
                 jobs.into_iter().partition(|j| j.params == params);
+            group.insert(0, first);
             jobs = rest;
             run_group(&mut engine, params, group, stats);
         }

@@ -809,6 +809,9 @@ async fn run_lease(
         Err(e @ (InferError::Input { .. } | InferError::Schema(_))) => {
             return Err(fail(K::InputRead, e));
         }
+        Err(e @ InferError::Engine(EngineError::EngineStopped(_))) => {
+            return Err(fail_here(K::Inference, e));
+        }
         Err(e) => return Err(fail(K::Inference, e)),
     };
     stats.read_ms = read_ms;
@@ -865,7 +868,10 @@ async fn shared_engine(
     if let Some((k, hub)) = slot.as_ref()
         && k == key
     {
-        return Ok(hub.clone());
+        if hub.is_alive() {
+            return Ok(hub.clone());
+        }
+        tracing::error!(captioner = %key.0, filter = %key.1, "the shared engine's thread is gone: loading a new one");
     }
     let old = slot.take();
     if old.is_some() {

@@ -172,3 +172,25 @@ fn a_failing_batch_fails_its_callers_with_the_reason_and_the_hub_goes_on() {
     drop(client);
     drop(hub); // joins the thread
 }
+
+#[test]
+fn a_caller_with_parameters_the_engine_cannot_use_is_refused_and_the_others_go_on() {
+    let hub = EngineHub::start(engine(1), 8, false).expect("hub");
+    let mut bad = hub.client(StepParams {
+        threshold: f32::NAN,
+        ..engine_params()
+    });
+    let mut t = StepTimings::default();
+    let e = bad
+        .run_step(chunks(0).remove(0), &mut t)
+        .expect_err("NaN threshold");
+    assert!(e.to_string().contains("threshold"), "{e}");
+    let mut good = hub.client(engine_params());
+    assert_eq!(
+        good.run_step(chunks(1).remove(0), &mut t)
+            .expect("good")
+            .len(),
+        3
+    );
+    assert!(hub.is_alive());
+}
