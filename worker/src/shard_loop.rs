@@ -210,6 +210,9 @@ struct Shared {
     /// The device's one engine, for the bundles of the newest lease: a lease of other bundles
     /// replaces it (the old one ends when the slots still using it finish).
     hub: tokio::sync::Mutex<Option<(EngineKey, Arc<EngineHub>)>>,
+    /// Engines replaced while slots still used them: a lease of their bundles that arrives
+    /// before they end takes them back instead of loading the bundles again.
+    retired: Mutex<Vec<(EngineKey, std::sync::Weak<EngineHub>)>>,
     outcomes: Mutex<Vec<Outcome>>,
     active: Mutex<HashMap<LeaseKey, Active>>,
     /// Coordinator instances registered with so far (the generation of new leases).
@@ -246,6 +249,7 @@ pub async fn run_worker(
     let shared = Arc::new(Shared {
         compute: Semaphore::new(config.slots.max(1) as usize),
         hub: tokio::sync::Mutex::new(None),
+        retired: Mutex::new(Vec::new()),
         outcomes: Mutex::new(Vec::new()),
         active: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(0),
@@ -874,6 +878,26 @@ async fn shared_engine(
         tracing::error!(captioner = %key.0, filter = %key.1, "the shared engine's thread is gone: loading a new one");
     }
     let old = slot.take();
+    let revived = {
+        let mut retired = lock(&shared.retired);
+        retired.retain(|(_, w)| w.strong_count() > 0);
+        if let Some((k, hub)) = &old
+            && hub.is_alive()
+        {
+            retired.push((k.clone(), Arc::downgrade(hub)));
+        }
+        retired
+            .iter()
+            .filter(|(k, _)| k == key)
+            .find_map(|(_, w)| w.upgrade().filter(|h| h.is_alive()))
+    };
+    if let Some(hub) = revived {
+        tracing::info!(captioner = %key.0, filter = %key.1, "engine still in use by other slots taken back");
+        *slot = Some((key.clone(), hub.clone()));
+        // The replaced engine's last reference may be this one: joined off the async threads.
+        tokio::task::spawn_blocking(move || drop(old));
+        return Ok(hub);
+    }
     if old.is_some() {
         tracing::info!(captioner = %key.0, filter = %key.1, "engine of older bundles evicted");
     }
