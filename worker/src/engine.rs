@@ -27,6 +27,20 @@ pub struct StepParams {
     pub round: u32,
 }
 
+impl StepParams {
+    /// Checks the generation parameters and that the threshold is within 0..=1 (a NaN is not).
+    pub fn validate(&self) -> Result<(), EngineError> {
+        self.generation.validate().map_err(EngineError::Params)?;
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(EngineError::Params(format!(
+                "threshold must be within 0..=1, got {}",
+                self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for StepParams {
     fn default() -> Self {
         Self {
@@ -137,13 +151,7 @@ impl Engine {
         options: &SessionOptions,
         params: StepParams,
     ) -> Result<Self, EngineError> {
-        params.generation.validate().map_err(EngineError::Params)?;
-        if !(0.0..=1.0).contains(&params.threshold) {
-            return Err(EngineError::Params(format!(
-                "threshold must be within 0..=1, got {}",
-                params.threshold
-            )));
-        }
+        params.validate()?;
         let engine = Self {
             captioner: Captioner::load(rt, captioner, options)?,
             filter: Filter::load(rt, filter, options)?,

@@ -176,16 +176,7 @@ impl StepRunner for HubClient {
         }
         // The engine validated the parameters it was loaded with; each caller's are checked
         // here (a NaN threshold would never equal itself when chunks are grouped).
-        self.params
-            .generation
-            .validate()
-            .map_err(EngineError::Params)?;
-        if !(0.0..=1.0).contains(&self.params.threshold) {
-            return Err(EngineError::Params(format!(
-                "threshold must be within 0..=1, got {}",
-                self.params.threshold
-            )));
-        }
+        self.params.validate()?;
         let (reply, answer) = mpsc::sync_channel(1);
         let sender = self
             .hub

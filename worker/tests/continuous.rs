@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 
 use capfilt_worker::captioner::{CaptionFeed, FeedImage, SeedBase, stack_pixels};
-use capfilt_worker::preprocess::{ImageLimits, decode_rgb, pixel_values};
 use capfilt_worker::{Caption, Captioner, Decoding, EngineError, GenerationParams, SessionOptions};
 use common::*;
 
@@ -31,20 +30,7 @@ impl CaptionFeed for Feed {
 }
 
 fn images() -> Vec<Vec<f32>> {
-    let pre = seed_bundle("captioner").manifest.preprocessing.clone();
-    golden()["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .map(|r| {
-            let bytes = std::fs::read(golden_dir().join(r["image"].as_str().expect("image")))
-                .expect("read");
-            pixel_values(
-                &decode_rgb(&bytes, &ImageLimits::default()).expect("decode"),
-                &pre,
-            )
-        })
-        .collect()
+    golden_pixels(&seed_bundle("captioner").manifest.preprocessing)
 }
 
 #[test]

@@ -6,7 +6,6 @@
 mod common;
 
 use capfilt_worker::captioner::{SeedBase, stack_pixels};
-use capfilt_worker::preprocess::{ImageLimits, decode_rgb, pixel_values};
 use capfilt_worker::{Captioner, Decoding, Filter, GenerationParams, SessionOptions};
 use common::*;
 use ndarray::Array4;
@@ -20,20 +19,7 @@ fn host_options() -> SessionOptions {
 
 /// The golden images (benchmark images and real photos), preprocessed for `size`.
 fn images(bundle: &capfilt_worker::Bundle) -> Array4<f32> {
-    let g = golden();
-    let pixels: Vec<Vec<f32>> = g["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .map(|r| {
-            let bytes = std::fs::read(golden_dir().join(r["image"].as_str().expect("image")))
-                .expect("read");
-            pixel_values(
-                &decode_rgb(&bytes, &ImageLimits::default()).expect("decode"),
-                &bundle.manifest.preprocessing,
-            )
-        })
-        .collect();
+    let pixels = golden_pixels(&bundle.manifest.preprocessing);
     let s = bundle.manifest.preprocessing.image_size as usize;
     stack_pixels(&pixels.iter().map(Vec::as_slice).collect::<Vec<_>>(), s).expect("stack")
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use capfilt_worker::engine::{PreparedImage, StepTimings};
-use capfilt_worker::preprocess::{ImageLimits, decode_rgb, pixel_values};
 use capfilt_worker::{
     Decoding, Engine, EngineHub, GenerationParams, Judged, StepParams, StepRunner,
 };
@@ -26,21 +25,7 @@ fn engine(round: u32) -> Engine {
 
 /// Twelve images (the golden ones, repeated under other keys) in chunks of three per caller.
 fn chunks(caller: usize) -> Vec<Vec<PreparedImage>> {
-    let g = golden();
-    let pre = seed_bundle("captioner").manifest.preprocessing.clone();
-    let images: Vec<Vec<f32>> = g["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .map(|r| {
-            let bytes = std::fs::read(golden_dir().join(r["image"].as_str().expect("image")))
-                .expect("read");
-            pixel_values(
-                &decode_rgb(&bytes, &ImageLimits::default()).expect("decode"),
-                &pre,
-            )
-        })
-        .collect();
+    let images = golden_pixels(&seed_bundle("captioner").manifest.preprocessing);
     (0..4)
         .map(|c| {
             (0..3)

@@ -87,17 +87,7 @@ fn greedy_captions_equal_hf_generate_on_hf_pixels_and_on_our_own() {
         .iter()
         .map(|r| read_npy_f32(&golden_dir().join(r["pixels"].as_str().expect("pixels"))).1)
         .collect();
-    let our_pixels: Vec<Vec<f32>> = recs
-        .iter()
-        .map(|r| {
-            let bytes = std::fs::read(golden_dir().join(r["image"].as_str().expect("image")))
-                .expect("read");
-            pixel_values(
-                &decode_rgb(&bytes, &ImageLimits::default()).expect("decode"),
-                &bundle.manifest.preprocessing,
-            )
-        })
-        .collect();
+    let our_pixels = golden_pixels(&bundle.manifest.preprocessing);
     let keys: Vec<String> = (0..recs.len()).map(|i| format!("k{i}")).collect();
     let seeds: Vec<SeedBase<'_>> = keys.iter().map(|k| SeedBase { key: k, round: 0 }).collect();
     for (what, pixels) in [("HF pixels", &hf_pixels), ("our pixels", &our_pixels)] {

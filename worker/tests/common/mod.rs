@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use capfilt_worker::preprocess::{ImageLimits, decode_rgb, pixel_values};
 use capfilt_worker::{Bundle, OrtConfig, OrtRuntime, SessionOptions};
 
 /// Copies the folder `from` to `to`, recursively.
@@ -84,4 +85,23 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     (shape, values)
+}
+
+/// The golden images (benchmark images and real photos) decoded and preprocessed by capfilt
+/// for `pre`, in the records' order.
+#[allow(dead_code)]
+pub fn golden_pixels(pre: &capfilt_schemas::bundle::Preprocessing) -> Vec<Vec<f32>> {
+    golden()["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            let bytes = std::fs::read(golden_dir().join(r["image"].as_str().expect("image")))
+                .expect("read");
+            pixel_values(
+                &decode_rgb(&bytes, &ImageLimits::default()).expect("decode"),
+                pre,
+            )
+        })
+        .collect()
 }
