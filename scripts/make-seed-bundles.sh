@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Rebuilds the committed seed bundles models/shapes-seed/{captioner,filter} from scratch:
 # the synthetic benchmark's seed split only (the same benchmark scripts/demo.sh writes), the small
-# size preset, fixed seeds. About 18 minutes on 2 idle CPU cores.
+# size preset, fixed seeds. About 19 minutes on 2 idle CPU cores.
 #
 # The recipe (trainer README, "Why the seed models did not see shapes"):
-#   1. the captioner learns from 40,000 seed rows under the mask curriculum: its first 15% of steps
-#      see the images' shape masks, the next 45% a blend that ends at the real images;
+#   1. the captioner learns from 40,000 seed rows (8,000 steps) under the mask curriculum: its
+#      first 15% of steps see the images' shape masks, the next 45% a blend that ends at the real
+#      images;
 #   2. the filter starts from the trained captioner (its vision tower, text transformer and
 #      tokenizer, as BLIP's filter and captioner start from one pre-trained model), keeps the
-#      vision tower frozen, and learns ITM with swapped-attribute captions as extra negatives.
+#      vision tower frozen, and learns ITM with a swapped-attribute caption of every text as an
+#      extra negative (60% of them with a shape word swapped).
 # Then both are exported and evaluated on a 2,000-row held-out split; the figures go into
 # bundle.json. Then regenerate the golden files (testdata/README.md).
 #
@@ -24,10 +26,10 @@ cargo build --locked -q -p capfilt
 target/debug/capfilt synth --out "$work/bench" --seed-rows 40000 --web-rows 10000 --eval-rows 2000 --noise 0.4 --seed 0
 
 $py -m capfilt_trainer train --kind captioner --data "$work/bench/seed" --out "$work/ckpt/captioner" \
-  --size small --steps 4000 --batch-size 64 --lr 2e-3 --seed 0 --mask-curriculum 0.15:0.6 --log-every 500
+  --size small --steps 8000 --batch-size 64 --lr 2e-3 --seed 0 --mask-curriculum 0.15:0.6 --log-every 500
 $py -m capfilt_trainer train --kind filter --data "$work/bench/seed" --out "$work/ckpt/filter" \
-  --size small --init-shared "$work/ckpt/captioner" --freeze-vision --swap-negatives 0.5 \
-  --steps 3000 --batch-size 64 --lr 1e-3 --seed 0 --log-every 500
+  --size small --init-shared "$work/ckpt/captioner" --freeze-vision --swap-negatives 1.0 --swap-shape-share 0.6 \
+  --steps 3000 --batch-size 64 --lr 2e-3 --seed 0 --log-every 500
 
 mkdir -p models/shapes-seed
 $py -m capfilt_trainer export --checkpoint "$work/ckpt/captioner" --kind captioner \

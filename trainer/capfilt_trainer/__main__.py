@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--round", action="append", help="a finished capfilt round's output URL: its cleaned pairs are added; repeatable")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
     t.add_argument("--size", default="tiny", help="size preset: tiny, small or base (ignored with --init-from)")
+    t.add_argument("--patch-size", type=int, help="override the size preset's patch size (must divide its image size)")
     t.add_argument("--init-from", help="start from this local HF checkpoint folder")
     t.add_argument("--init-shared", help="start from this trained captioner checkpoint (or bundle) folder: its vision tower, "
                    "for a filter its text transformer too, and its tokenizer (BLIP's shared pre-trained start)")
@@ -52,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
 
     t.add_argument("--swap-negatives", type=float, default=0.0,
                    help="filter: share of each batch's texts that also appear with one attribute word swapped, as extra ITM negatives")
+    t.add_argument("--swap-shape-share", type=float, default=None, metavar="P",
+                   help="filter: a swapped-attribute negative swaps a shape word with probability P (default: any attribute word, uniformly)")
     t.add_argument("--freeze-vision", action="store_true", help="train everything but the vision tower (e.g. one taken with --init-shared)")
     t.add_argument("--mask-curriculum", type=span, metavar="START:END",
                    help="train first on the images' shape masks, blending to the real images from START to END "
@@ -79,13 +82,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="URL of the job's spec JSON (written by the coordinator)")
     s.add_argument("--work", help="local work folder (default: a temporary one)")
 
-    d = sub.add_parser("diagnose", help="experiments on why a model does not see shapes (linear probe, from-scratch classifier)")
-    d.add_argument("what", choices=["probe", "classify"])
-    d.add_argument("--train", required=True, help="Parquet with gt_caption to fit on")
+    d = sub.add_parser("diagnose", help="experiments on why a model does not see shapes (linear probe, from-scratch classifier, error breakdown)")
+    d.add_argument("what", choices=["probe", "classify", "errors"])
+    d.add_argument("--train", help="probe, classify: Parquet with gt_caption to fit on")
     d.add_argument("--eval", required=True, help="held-out Parquet with gt_caption")
     d.add_argument("--limit", type=int, help="training rows at most")
     d.add_argument("--eval-limit", type=int, default=1000, help="evaluation rows at most")
-    d.add_argument("--checkpoint", help="probe: a bundle folder or HF checkpoint folder")
+    d.add_argument("--checkpoint", help="probe, errors: a bundle folder or HF checkpoint folder")
     d.add_argument("--steps", type=int, default=1200, help="classify: training steps")
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--lr", type=float, default=1e-3)
@@ -130,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
             stage(args)
         elif args.command == "diagnose":
-            if args.what == "probe" and not args.checkpoint:
-                raise ValueError("diagnose probe needs --checkpoint (a bundle or HF checkpoint folder)")
+            if args.what in ("probe", "errors") and not args.checkpoint:
+                raise ValueError(f"diagnose {args.what} needs --checkpoint (a bundle or HF checkpoint folder)")
+            if args.what in ("probe", "classify") and not args.train:
+                raise ValueError(f"diagnose {args.what} needs --train (Parquet with gt_caption to fit on)")
             from .diagnose import diagnose
 
             diagnose(args)

@@ -48,15 +48,24 @@ def vocabulary_extra() -> list[str]:
     return PREFIXES + SUFFIXES
 
 
-def swapped_attribute(text: str, rng: np.random.Generator) -> str | None:
+def swapped_attribute(text: str, rng: np.random.Generator, shape_share: float | None = None) -> str | None:
     """``text`` with one attribute word (a shape or a colour) replaced by another of its kind,
     the article before it fixed ("a red" -> "an orange"): a caption that no longer matches its
     image but differs from the truth in one word, as BLIP's hardest web noise does (and as
-    NegCLIP's swapped-attribute negatives). None when ``text`` has no attribute word."""
+    NegCLIP's swapped-attribute negatives). None when ``text`` has no attribute word.
+
+    The word is drawn uniformly from the caption's attribute words, or, with ``shape_share``, a
+    shape word with that probability (when the caption has both kinds): a one-shape caption has
+    one shape word and two colour words, so a uniform draw swaps shapes only a third of the time."""
     words = text.split(" ")
     slots = [(i, kind) for i, w in enumerate(words) for kind in ATTRIBUTE_KINDS if w in kind]
     if not slots:
         return None
+    if shape_share is not None:
+        shape_slots = [s for s in slots if s[1] is SHAPES]
+        other_slots = [s for s in slots if s[1] is not SHAPES]
+        if shape_slots and other_slots:
+            slots = shape_slots if rng.random() < shape_share else other_slots
     i, kind = slots[rng.integers(len(slots))]
     others = [w for w in kind if w != words[i]]
     words[i] = others[rng.integers(len(others))]

@@ -16,10 +16,19 @@ models do not see shapes".
     trains on shape masks first and blends to the real images (evaluated on real images), as
     ``train --mask-curriculum`` does for the seed captioner.
 
-Both print one line per evaluation; ``--json`` prints the final figures as one JSON line.
+``errors``
+    Where a trained checkpoint (not yet a bundle) goes wrong on the held-out split. A captioner:
+    its greedy captions' figures, its shape errors by how large the generator may draw the shape
+    in the 96 px model input (the largest radius it allows along the squashed axis: narrow bands
+    of two-shape images and elongated images make small shapes) and the most frequent
+    (true, said) shape pairs. A filter: ROC-AUC and the share kept at 0.5 per kind of wrong
+    text, and precision / recall at several thresholds.
+
+Each prints one line per evaluation; ``--json`` prints the final figures as one JSON line.
 
     python -m capfilt_trainer diagnose probe --checkpoint CKPT --train BENCH/seed --eval BENCH/eval
     python -m capfilt_trainer diagnose classify --train BENCH/seed --eval BENCH/eval --steps 1200
+    python -m capfilt_trainer diagnose errors --checkpoint CKPT --eval BENCH/eval --eval-limit 2000
 """
 from __future__ import annotations
 
@@ -182,8 +191,71 @@ def classify(args) -> dict:
             "final_eval_shape_acc": curve[-1]["eval_shape_acc"], "curve": curve}
 
 
+def largest_radius(image: bytes, shapes: int, size: int = 96) -> float:
+    """The largest radius the benchmark's generator (synth/src/scene.rs) allows a shape of this
+    image, in model-input pixels along the axis the square resize shrinks most."""
+    from PIL import Image
+    import io
+
+    w, h = Image.open(io.BytesIO(image)).size
+    return 0.45 * min(w / shapes, h) * min(size / w, size / h)
+
+
+def errors(args) -> dict:
+    from collections import Counter
+
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    from . import tokenizer as toks
+    from .evaluate import caption_metrics, filter_metrics, generate_captions, itm_probs, noise_breakdown
+
+    ckpt = checkpoint_dir(args.checkpoint)
+    config = json.loads((ckpt / "config.json").read_text())
+    tok = toks.load(ckpt / "tokenizer.json")
+    size = config["vision_config"]["image_size"]
+    examples = read_examples(args.eval, limit=args.eval_limit)
+    out: dict = {"checkpoint": str(ckpt), "eval_rows": len(examples)}
+    if "BlipForImageTextRetrieval" in config.get("architectures", []):
+        model = BlipForImageTextRetrieval.from_pretrained(str(ckpt)).eval()
+        labels = np.array([bool(e.gt_match) for e in examples])
+        probs = itm_probs(model, tok, [e.image for e in examples], [e.text for e in examples], size)
+        out.update(filter_metrics(probs, labels))
+        out.update(noise_breakdown(probs, labels, [e.noise for e in examples]))
+        for t in (0.3, 0.5, 0.7, 0.9):
+            m = filter_metrics(probs, labels, t)
+            out[f"precision_at_{t}"], out[f"recall_at_{t}"] = m["precision_at_0.5"], m["recall_at_0.5"]
+            print(f"threshold {t}: precision {m['precision_at_0.5']:.3f} recall {m['recall_at_0.5']:.3f}", flush=True)
+        print("  ".join(f"{k} {v:.3f}" for k, v in out.items() if k.startswith(("auc", "kept"))), flush=True)
+        return out
+    model = BlipForConditionalGeneration.from_pretrained(str(ckpt)).eval()
+    truth = [e.gt_caption or "" for e in examples]
+    preds = generate_captions(model, tok, [e.image for e in examples], size)
+    out.update(caption_metrics(preds, truth))
+    buckets: dict[int, list[int]] = {}
+    confusions: Counter = Counter()
+    for e, p, t in zip(examples, preds, truth):
+        gt, said = parse(t), parse(p)
+        if gt is None:
+            continue
+        bucket = int(largest_radius(e.image, len(gt[1]), size) // 10 * 10)
+        for i, (_, kind) in enumerate(gt[1]):
+            got = said[1][i][1] if said is not None and i < len(said[1]) else None
+            entry = buckets.setdefault(bucket, [0, 0])
+            entry[0] += 1
+            if got != kind:
+                entry[1] += 1
+                confusions[f"{kind}->{got}"] += 1
+    out["shape_error_by_radius"] = {f"{b}-{b + 10}px": {"shapes": n, "error": wrong / n} for b, (n, wrong) in sorted(buckets.items())}
+    out["top_confusions"] = dict(confusions.most_common(6))
+    print(f"exact {out['exact_match']:.3f} shape {out['shape_acc']:.3f} colour {out['colour_acc']:.3f}", flush=True)
+    for k, v in out["shape_error_by_radius"].items():
+        print(f"  largest radius {k:>9}: {v['shapes']:>5} shapes, {100 * v['error']:.1f}% named wrong", flush=True)
+    print("  most frequent: " + ", ".join(f"{k} {v}" for k, v in out["top_confusions"].items()), flush=True)
+    return out
+
+
 def diagnose(args) -> None:
-    result = probe(args) if args.what == "probe" else classify(args)
+    result = {"probe": probe, "classify": classify, "errors": errors}[args.what](args)
     progress(f"[diagnose] {args.what} done")
     if args.json:
         print(json.dumps(result))

@@ -2,7 +2,7 @@
 local checkpoint folder, plus BLIP's training losses (transformers ships none for ITC/ITM)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -74,8 +74,10 @@ def blip_config(preset: Preset, vocab_size: int, special: dict[str, int]) -> Bli
     )
 
 
-def build(kind: str, preset_name: str | None, init_from: str | None, vocab_size: int, special: dict[str, int], seed: int):
-    """A captioner (``BlipForConditionalGeneration``) or filter (``BlipForImageTextRetrieval``)."""
+def build(kind: str, preset_name: str | None, init_from: str | None, vocab_size: int, special: dict[str, int], seed: int,
+          patch_size: int | None = None):
+    """A captioner (``BlipForConditionalGeneration``) or filter (``BlipForImageTextRetrieval``);
+    ``patch_size`` overrides the preset's (an experiment knob: trainer README)."""
     torch.manual_seed(seed)
     cls = BlipForConditionalGeneration if kind == "captioner" else BlipForImageTextRetrieval
     if init_from:
@@ -87,6 +89,10 @@ def build(kind: str, preset_name: str | None, init_from: str | None, vocab_size:
         if preset_name not in PRESETS:
             raise ValueError(f"unknown size preset '{preset_name}' (choose {', '.join(PRESETS)})")
         preset = PRESETS[preset_name]
+        if patch_size is not None:
+            if patch_size < 1 or preset.image_size % patch_size:
+                raise ValueError(f"--patch-size {patch_size}: must divide the preset's image size {preset.image_size}")
+            preset = replace(preset, patch_size=patch_size)
         model = cls(blip_config(preset, preset.vocab_size or vocab_size, special))
     model.config.text_config.label_smoothing = 0.1
     return model

@@ -4,6 +4,8 @@ Images: decode, ``convert("RGB")``, bicubic resize to the model's square size (P
 BlipImageProcessor), rescale by 1/255, normalise with CLIP's mean and std."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from PIL import Image
@@ -21,6 +23,15 @@ def resized_uint8(data: bytes, size: int) -> np.ndarray:
     """[3, size, size] uint8, after decode + RGB + bicubic resize."""
     img = decode_rgb(data).resize((size, size), resample=Image.BICUBIC)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def resized_uint8_all(images: list[bytes], size: int, threads: int) -> np.ndarray:
+    """[N, 3, size, size] uint8 of every image, decoded on ``threads`` threads (Pillow's decoder
+    and resampler release the GIL): a 40,000-image training set is a minute on one core."""
+    if threads <= 1 or len(images) < 256:
+        return np.stack([resized_uint8(b, size) for b in images])
+    with ThreadPoolExecutor(threads) as pool:
+        return np.stack(list(pool.map(lambda b: resized_uint8(b, size), images)))
 
 
 def shape_masks(batch_uint8: np.ndarray, threshold: int = 40) -> np.ndarray:

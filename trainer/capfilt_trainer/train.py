@@ -20,7 +20,7 @@ from . import tokenizer as toks
 from .augment import augment, swapped_attribute, vocabulary_extra
 from .data import Example, progress, read_examples, read_round_cleaned
 from .models import build, captioner_loss, filter_losses, image_size
-from .preprocess import encode_texts, mask_blend, normalise, resized_uint8
+from .preprocess import encode_texts, mask_blend, normalise, resized_uint8_all
 
 CAPTION_MAX_TOKENS = 40
 FILTER_MAX_TOKENS = 35
@@ -28,6 +28,15 @@ FILTER_MAX_TOKENS = 35
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity: a container's or `taskset`'s cpuset), not
+    the machine's: more threads than cores make PyTorch's CPU kernels spin against each other."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def load_training_data(data: list[str], rounds: list[str]) -> list[Example]:
@@ -114,7 +123,7 @@ def train(args) -> Path:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(args.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(cpu_count())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     examples = load_training_data(args.data or [], args.round or [])
@@ -129,7 +138,7 @@ def train(args) -> Path:
         # The alt-text words too, so that a filter can share a captioner's tokenizer.
         tok = toks.build([e.text for e in examples] + vocabulary_extra(), vocab_size=args.vocab_size)
     special = toks.special_ids(tok)
-    model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed)
+    model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed, args.patch_size)
     if args.init_shared:
         init_shared(model, args.init_shared)
     dev = device()
@@ -137,7 +146,7 @@ def train(args) -> Path:
     size = image_size(model)
 
     t0 = time.time()
-    images = np.stack([resized_uint8(e.image, size) for e in examples])
+    images = resized_uint8_all([e.image for e in examples], size, cpu_count())
     texts = [e.text for e in examples]
     # Equal texts share an id: ITC counts them as positives of each other.
     text_index = {t: i for i, t in enumerate(sorted(set(texts)))}
@@ -177,7 +186,7 @@ def train(args) -> Path:
             ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
             swapped = None
             if args.swap_negatives > 0:
-                picked = [(r, swapped_attribute(t, rng)) for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
+                picked = [(r, swapped_attribute(t, rng, args.swap_shape_share)) for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
                 picked = [(r, t) for r, t in picked if t is not None]
                 if picked:
                     s_ids, s_mask = encode_texts(tok, [t for _, t in picked], special["[CLS]"], FILTER_MAX_TOKENS)
@@ -197,6 +206,7 @@ def train(args) -> Path:
     record = {
         "kind": args.kind,
         "size": args.size,
+        "patch_size": args.patch_size,
         "init_from": args.init_from,
         "init_shared": args.init_shared,
         "data": args.data or [],
@@ -208,6 +218,7 @@ def train(args) -> Path:
         "seed": args.seed,
         "text_augment": text_augment,
         "swap_negatives": args.swap_negatives,
+        "swap_shape_share": args.swap_shape_share,
         "freeze_vision": args.freeze_vision,
         "mask_curriculum": list(args.mask_curriculum) if args.mask_curriculum else None,
         "final_loss": float(np.mean(losses[-args.log_every :])) if losses else None,

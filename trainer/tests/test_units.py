@@ -87,6 +87,43 @@ def test_diagnose_probe_and_classifier_run_and_report_accuracies(bench):
     assert r.returncode == 2 and "needs --checkpoint" in r.stderr
 
 
+def test_diagnose_errors_breaks_down_a_captioners_and_a_filters_mistakes(bench):
+    """`diagnose errors` on the seed bundles: the captioner's shape errors by shape size add up to
+    its shape accuracy, the filter's figures cover every kind of wrong text in the split."""
+    import json as _json
+
+    from conftest import SEED_BUNDLES, run_trainer
+
+    r = run_trainer("diagnose", "errors", "--checkpoint", str(SEED_BUNDLES / "captioner"), "--eval", str(bench / "eval"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout.strip().splitlines()[-1])
+    by_size = out["shape_error_by_radius"].values()
+    shapes = sum(b["shapes"] for b in by_size)
+    wrong = sum(round(b["error"] * b["shapes"]) for b in by_size)
+    assert shapes > 64 and out["shape_acc"] == pytest.approx(1 - wrong / shapes)
+    assert sum(out["top_confusions"].values()) <= wrong
+    r = run_trainer("diagnose", "errors", "--checkpoint", str(SEED_BUNDLES / "filter"), "--eval", str(bench / "eval"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0.5 < out["auc"] <= 1.0 and {"precision_at_0.9", "recall_at_0.3"} <= set(out)
+    assert any(k.startswith("kept_wrong_") for k in out)
+    r = run_trainer("diagnose", "errors", "--eval", str(bench / "eval"))
+    assert r.returncode == 2 and "needs --checkpoint" in r.stderr
+
+
+def test_largest_radius_follows_the_generators_bands():
+    from capfilt_trainer.diagnose import largest_radius
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    assert largest_radius(png(200, 200), 1) == pytest.approx(0.45 * 96)
+    assert largest_radius(png(200, 200), 2) == pytest.approx(0.45 * 48)  # two bands of half the width
+    assert largest_radius(png(100, 200), 1) == pytest.approx(0.45 * 100 * 96 / 200)  # squashed vertically
+
+
 def test_swapped_attribute_changes_one_word_of_its_kind_and_fixes_the_article():
     from capfilt_trainer.augment import COLOURS, SHAPES, swapped_attribute
 
@@ -106,6 +143,24 @@ def test_swapped_attribute_changes_one_word_of_its_kind_and_fixes_the_article():
         seen_kinds.add(kind is SHAPES)
     assert seen_kinds == {True, False}  # both shapes and colours get swapped
     assert swapped_attribute("an unrelated alt text", rng) is None
+
+
+def test_swapped_attribute_swaps_shapes_at_the_asked_share():
+    from capfilt_trainer.augment import SHAPES, swapped_attribute
+
+    rng = np.random.default_rng(1)
+    text = "a red circle on a blue background"  # one shape word, two colour words
+
+    def shape_swaps(share):
+        outs = [swapped_attribute(text, rng, share) for _ in range(2000)]
+        return sum(o.split()[2] != "circle" and o.split()[2] in SHAPES for o in outs) / len(outs)
+
+    assert abs(shape_swaps(None) - 1 / 3) < 0.04  # uniform over the three attribute words
+    assert abs(shape_swaps(0.6) - 0.6) < 0.04
+    assert shape_swaps(1.0) == 1.0
+    # A caption without a shape word still gets a colour swapped.
+    out = swapped_attribute("a red thing on a blue background", rng, 1.0)
+    assert out is not None and out != "a red thing on a blue background" and "thing" in out
 
 
 def test_mask_curriculum_runs_from_masks_to_images():
