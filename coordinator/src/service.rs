@@ -27,6 +27,16 @@ pub struct Timing {
     pub exclusion: Duration,
 }
 
+impl Timing {
+    /// How long after the coordinator starts a shard that failed on a worker is not leased to
+    /// that worker again even when no other worker is there yet: ten poll intervals (20 s by
+    /// default), at most one lease timeout. Workers started with the coordinator register
+    /// within their first poll.
+    pub fn registration_grace(&self) -> Duration {
+        (self.poll_interval * 10).min(self.lease_timeout)
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Self {
@@ -527,13 +537,18 @@ impl Coordinator for CoordinatorService {
         let mut new_leases = Vec::new();
         if req.accepting && free_slots > 0 && may_lease {
             // Only shards that failed on this worker ask the registry (round, then registry:
-            // no handler takes them the other way round).
+            // no handler takes them the other way round). While workers are still registering
+            // after the coordinator started, such a shard waits for them: a broken worker that
+            // registers first would otherwise fail it again and again, alone, into quarantine.
+            let registering =
+                now.saturating_duration_since(self.started) < self.timing.registration_grace();
             let registry = self.registry.clone();
             let elsewhere = |h: &crate::shard::History| {
-                registry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .schedulable_outside(&h.failed_on, now, horizon)
+                registering
+                    || registry
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .schedulable_outside(&h.failed_on, now, horizon)
             };
             for g in round.lease(
                 &req.worker_id,
