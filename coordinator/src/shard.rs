@@ -24,8 +24,8 @@
 //!
 //! Every failure and started expiry records the worker in `failed_on`, so the scheduler
 //! leases the shard elsewhere while another worker can take it (and, in the coordinator's
-//! first moments, while workers are still registering: `Timing::registration_grace`). A non-retryable failure that
-//! blames the shard quarantines at once only when the shard failed on another worker as well;
+//! first moments, while workers are still registering: `Timing::registration_grace`). A
+//! non-retryable failure that blames the shard quarantines at once only when the shard failed on another worker as well;
 //! otherwise (on the first worker, or blaming the worker) it counts like a retryable one.
 
 use std::time::{Duration, Instant};

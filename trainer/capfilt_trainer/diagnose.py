@@ -17,7 +17,7 @@ models do not see shapes".
     ``train --mask-curriculum`` does for the seed captioner.
 
 ``errors``
-    Where a trained checkpoint (not yet a bundle) goes wrong on the held-out split. A captioner:
+    Where a trained checkpoint (or a bundle's) goes wrong on the held-out split. A captioner:
     its greedy captions' figures, its shape errors by how large the generator may draw the shape
     in the 96 px model input (the largest radius it allows along the squashed axis: narrow bands
     of two-shape images and elongated images make small shapes) and the most frequent
@@ -85,13 +85,19 @@ def logistic_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Ten
         return float((lin(xt).argmax(1).numpy() == test_y).mean())
 
 
-def probe(args) -> dict:
+def load_checkpoint(path: str):
+    """(checkpoint folder, model in eval mode) of a bundle or HF checkpoint folder: a filter
+    (``BlipForImageTextRetrieval``) or a captioner, as its config says."""
     from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
-    ckpt = checkpoint_dir(args.checkpoint)
+    ckpt = checkpoint_dir(path)
     config = json.loads((ckpt / "config.json").read_text())
     cls = BlipForImageTextRetrieval if "BlipForImageTextRetrieval" in config.get("architectures", []) else BlipForConditionalGeneration
-    model = cls.from_pretrained(str(ckpt)).eval()
+    return ckpt, cls.from_pretrained(str(ckpt)).eval()
+
+
+def probe(args) -> dict:
+    ckpt, model = load_checkpoint(args.checkpoint)
     size = model.config.vision_config.image_size
 
     def features(images: np.ndarray) -> dict[str, torch.Tensor]:
@@ -204,30 +210,27 @@ def largest_radius(image: bytes, shapes: int, size: int = 96) -> float:
 def errors(args) -> dict:
     from collections import Counter
 
-    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+    from transformers import BlipForImageTextRetrieval
 
     from . import tokenizer as toks
     from .evaluate import caption_metrics, filter_metrics, generate_captions, itm_probs, noise_breakdown
 
-    ckpt = checkpoint_dir(args.checkpoint)
-    config = json.loads((ckpt / "config.json").read_text())
+    ckpt, model = load_checkpoint(args.checkpoint)
     tok = toks.load(ckpt / "tokenizer.json")
-    size = config["vision_config"]["image_size"]
+    size = model.config.vision_config.image_size
     examples = read_examples(args.eval, limit=args.eval_limit)
     out: dict = {"checkpoint": str(ckpt), "eval_rows": len(examples)}
-    if "BlipForImageTextRetrieval" in config.get("architectures", []):
-        model = BlipForImageTextRetrieval.from_pretrained(str(ckpt)).eval()
+    if isinstance(model, BlipForImageTextRetrieval):
         labels = np.array([bool(e.gt_match) for e in examples])
         probs = itm_probs(model, tok, [e.image for e in examples], [e.text for e in examples], size)
         out.update(filter_metrics(probs, labels))
         out.update(noise_breakdown(probs, labels, [e.noise for e in examples]))
         for t in (0.3, 0.5, 0.7, 0.9):
             m = filter_metrics(probs, labels, t)
-            out[f"precision_at_{t}"], out[f"recall_at_{t}"] = m["precision_at_0.5"], m["recall_at_0.5"]
-            print(f"threshold {t}: precision {m['precision_at_0.5']:.3f} recall {m['recall_at_0.5']:.3f}", flush=True)
+            out[f"precision_at_{t}"], out[f"recall_at_{t}"] = m[f"precision_at_{t}"], m[f"recall_at_{t}"]
+            print(f"threshold {t}: precision {m[f'precision_at_{t}']:.3f} recall {m[f'recall_at_{t}']:.3f}", flush=True)
         print("  ".join(f"{k} {v:.3f}" for k, v in out.items() if k.startswith(("auc", "kept"))), flush=True)
         return out
-    model = BlipForConditionalGeneration.from_pretrained(str(ckpt)).eval()
     truth = [e.gt_caption or "" for e in examples]
     preds = generate_captions(model, tok, [e.image for e in examples], size)
     out.update(caption_metrics(preds, truth))

@@ -70,7 +70,8 @@ def filter_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
     tp = int((kept & labels).sum())
     precision = tp / max(int(kept.sum()), 1)
     recall = tp / max(int(labels.sum()), 1)
-    return {"auc": roc_auc(probs, labels), "precision_at_0.5": precision, "recall_at_0.5": recall, "accuracy_at_0.5": float((kept == labels).mean())}
+    return {"auc": roc_auc(probs, labels), f"precision_at_{threshold}": precision, f"recall_at_{threshold}": recall,
+            f"accuracy_at_{threshold}": float((kept == labels).mean())}
 
 
 def noise_breakdown(probs: np.ndarray, labels: np.ndarray, noise: list[str | None], threshold: float = 0.5) -> dict[str, float]:
