@@ -48,7 +48,8 @@ def vocabulary_extra() -> list[str]:
     return PREFIXES + SUFFIXES
 
 
-def swapped_attribute(text: str, rng: np.random.Generator, shape_share: float | None = None) -> str | None:
+def swapped_attribute(text: str, rng: np.random.Generator, shape_share: float | None = None,
+                      binding_share: float = 0.0) -> str | None:
     """``text`` with one attribute word (a shape or a colour) replaced by another of its kind,
     the article before it fixed ("a red" -> "an orange"): a caption that no longer matches its
     image but differs from the truth in one word, as BLIP's hardest web noise does (and as
@@ -56,7 +57,13 @@ def swapped_attribute(text: str, rng: np.random.Generator, shape_share: float | 
 
     The word is drawn uniformly from the caption's attribute words, or, with ``shape_share``, a
     shape word with that probability (when the caption has both kinds): a one-shape caption has
-    one shape word and two colour words, so a uniform draw swaps shapes only a third of the time."""
+    one shape word and two colour words, so a uniform draw swaps shapes only a third of the time.
+
+    With ``binding_share``, when the caption has another word of the same kind (two shapes, or a
+    shape's colour and the background's), the new word is that other word with this probability:
+    "a red circle and a blue star" -> "a red star and a blue star". Every word of such a
+    negative names something in the image, bound to the wrong object (ARO's attribute-binding
+    negatives); a uniform draw makes one only a sixth of the time."""
     words = text.split(" ")
     slots = [(i, kind) for i, w in enumerate(words) for kind in ATTRIBUTE_KINDS if w in kind]
     if not slots:
@@ -68,6 +75,9 @@ def swapped_attribute(text: str, rng: np.random.Generator, shape_share: float | 
             slots = shape_slots if rng.random() < shape_share else other_slots
     i, kind = slots[rng.integers(len(slots))]
     others = [w for w in kind if w != words[i]]
+    bound = sorted({w for w in words if w in kind and w != words[i]})
+    if bound and binding_share > 0 and rng.random() < binding_share:
+        others = bound
     words[i] = others[rng.integers(len(others))]
     if i > 0 and words[i - 1] in ("a", "an"):
         words[i - 1] = "an" if words[i][0] in "aeiou" else "a"

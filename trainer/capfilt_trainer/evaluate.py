@@ -74,6 +74,22 @@ def filter_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
             f"accuracy_at_{threshold}": float((kept == labels).mean())}
 
 
+def best_recall_at_precision(probs: np.ndarray, labels: np.ndarray, min_precision: float) -> dict[str, float]:
+    """The lowest threshold whose kept texts are at least ``min_precision`` precise, and the
+    recall there: the best a threshold alone can do for that precision (NaN threshold and recall
+    0 when no threshold reaches it)."""
+    order = np.argsort(-probs, kind="stable")
+    p, y = probs[order], labels[order].astype(np.int64)
+    tp, kept = np.cumsum(y), np.arange(1, len(y) + 1)
+    # A threshold keeps every text with a probability at least as high: cut after ties only.
+    cut = np.append(p[1:] != p[:-1], True)
+    ok = cut & (tp / kept >= min_precision)
+    if not ok.any():
+        return {"threshold": float("nan"), "precision": 0.0, "recall": 0.0}
+    i = int(np.flatnonzero(ok)[-1])
+    return {"threshold": float(p[i]), "precision": float(tp[i] / kept[i]), "recall": float(tp[i] / max(int(y.sum()), 1))}
+
+
 def noise_breakdown(probs: np.ndarray, labels: np.ndarray, noise: list[str | None], threshold: float = 0.5) -> dict[str, float]:
     """Per noise kind of the non-matching texts: ROC-AUC of the matching texts against that kind
     alone (``auc_vs_{kind}``) and the share of that kind kept at ``threshold``
@@ -137,6 +153,11 @@ def evaluate_bundle(bundle: Path, data: str, limit: int | None) -> dict[str, flo
         probs = itm_probs(model, tok, [e.image for e in examples], [e.text for e in examples], size, manifest["tokenizer"]["max_length"])
         metrics = filter_metrics(probs, labels)
         metrics.update(noise_breakdown(probs, labels, [e.noise for e in examples]))
+        # The operating point for a 98%-precise cleaned set: a threshold to pass a round.
+        best = best_recall_at_precision(probs, labels, 0.98)
+        if best["recall"] > 0:
+            metrics["threshold_at_precision_0.98"] = best["threshold"]
+            metrics["recall_at_precision_0.98"] = best["recall"]
     metrics["eval_rows"] = float(len(examples))
     print_table(f"{kind} {manifest['name']} on {data}", metrics)
     return metrics

@@ -116,12 +116,14 @@ def captioner_loss(model: BlipForConditionalGeneration, pixel_values, input_ids,
 
 
 def filter_losses(model: BlipForImageTextRetrieval, pixel_values, input_ids, attention_mask, text_ids, enc_id: int, temp: float = 0.07,
-                  swapped=None):
+                  swapped=None, image_embeds=None):
     """BLIP's ITC (in-batch contrastive, texts that are equal count as positives) and ITM with
     hard negatives sampled from the in-batch similarity; returns (itc, itm). ``swapped``:
     optional (rows, ids, mask) of swapped-attribute captions of images ``rows``, extra ITM
-    negatives of those images."""
-    image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    negatives of those images. ``image_embeds``: the vision tower's output for ``pixel_values``
+    when the caller has it already (a frozen tower's, computed once per image)."""
+    if image_embeds is None:
+        image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
     image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
     text_out = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     img_feat = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)

@@ -99,10 +99,12 @@ def upload_dir(src: Path, url: str, last: str) -> None:
 def _filter_recipe(model: dict) -> list[str]:
     """The seed filter's recipe, kept when a round retrains it (scripts/make-seed-bundles.sh):
     its vision tower frozen (unless it starts from scratch) and a swapped-attribute negative for
-    every text, 60% of them shape swaps; a spec may override any of them."""
+    every text, 60% of them shape swaps, half of those of a two-object caption binding the other
+    object's word; a spec may override any of them."""
     if model["kind"] != "filter":
         return []
-    args = ["--swap-negatives", str(model.get("swap_negatives", 1.0)), "--swap-shape-share", str(model.get("swap_shape_share", 0.6))]
+    args = ["--swap-negatives", str(model.get("swap_negatives", 1.0)), "--swap-shape-share", str(model.get("swap_shape_share", 0.6)),
+            "--swap-binding-share", str(model.get("swap_binding_share", 0.5))]
     freeze = model.get("freeze_vision", model["init"] != "scratch")
     return args + (["--freeze-vision"] if freeze else [])
 

@@ -116,6 +116,32 @@ def curriculum_alpha(step: int, steps: int, span: tuple[float, float] | None) ->
     return max(0.0, (t - start) / max(end - start, 1e-9))
 
 
+# The most memory a frozen tower's image embeddings may take to be kept for the whole run (the
+# small preset's 40,000 training images: 380 MB; the base shape's would be 70 GB).
+EMBED_CACHE_BYTES = 4 << 30
+
+
+def frozen_image_embeds(model, images: np.ndarray, dev: torch.device, chunk: int = 256) -> torch.Tensor | None:
+    """The frozen vision tower's output for every training image, computed once (a frozen tower
+    gives the same embeddings at every step, and the filter has no image augmentation): the
+    filter's steps then run only the text side. None when they would not fit in
+    ``EMBED_CACHE_BYTES`` (each step then runs the tower on its batch)."""
+    cfg = model.config.vision_config
+    tokens = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    need = len(images) * tokens * cfg.hidden_size * 4
+    if need > EMBED_CACHE_BYTES:
+        progress(f"[train] frozen tower's image embeddings would take {need >> 20} MiB: computing them at every step")
+        return None
+    t0 = time.time()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), chunk):
+            pixels = normalise(images[start : start + chunk]).to(dev)
+            parts.append(model.vision_model(pixel_values=pixels).last_hidden_state.cpu())
+    progress(f"[train] frozen tower: image embeddings of {len(images)} images ({need >> 20} MiB) in {time.time() - t0:.1f}s")
+    return torch.cat(parts)
+
+
 def train(args) -> Path:
     torch.manual_seed(args.seed)
     # Same seed and data, same weights: without this, multi-threaded CPU kernels make two runs
@@ -159,6 +185,7 @@ def train(args) -> Path:
         # Keep a shared tower's shape features: ITM's gradient alone wears them away.
         for param in model.vision_model.parameters():
             param.requires_grad_(False)
+    embeds = frozen_image_embeds(model, images, dev) if args.kind == "filter" and args.freeze_vision and args.mask_curriculum is None else None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05)
     # --steps 0 saves the freshly initialised model (random weights, e.g. the base shape for
     # performance work).
@@ -176,24 +203,26 @@ def train(args) -> Path:
             order, pos = rng.permutation(len(examples)), 0
         idx = order[pos : pos + args.batch_size]
         pos += args.batch_size
-        pixels = normalise(mask_blend(images[idx], curriculum_alpha(step, args.steps, args.mask_curriculum))).to(dev)
+        pixels = None if embeds is not None else normalise(mask_blend(images[idx], curriculum_alpha(step, args.steps, args.mask_curriculum))).to(dev)
         batch_texts = [texts[i] for i in idx]
-        if args.kind == "captioner":
-            ids, mask = encode_texts(tok, batch_texts, special["[DEC]"], CAPTION_MAX_TOKENS, prompt=PROMPT)
-            loss = captioner_loss(model, pixels, ids.to(dev), mask.to(dev), prompt_len)
-        else:
-            batch_texts = augment(batch_texts, text_augment, rng)
-            ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
-            swapped = None
-            if args.swap_negatives > 0:
-                picked = [(r, swapped_attribute(t, rng, args.swap_shape_share)) for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
-                picked = [(r, t) for r, t in picked if t is not None]
-                if picked:
-                    s_ids, s_mask = encode_texts(tok, [t for _, t in picked], special["[CLS]"], FILTER_MAX_TOKENS)
-                    swapped = (torch.tensor([r for r, _ in picked]).to(dev), s_ids.to(dev), s_mask.to(dev))
-            itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"],
-                                     swapped=swapped)
-            loss = itc + itm
+        # bf16 autocast: matmuls in bfloat16, weights and optimiser state in fp32 (--bf16).
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            if args.kind == "captioner":
+                ids, mask = encode_texts(tok, batch_texts, special["[DEC]"], CAPTION_MAX_TOKENS, prompt=PROMPT)
+                loss = captioner_loss(model, pixels, ids.to(dev), mask.to(dev), prompt_len)
+            else:
+                batch_texts = augment(batch_texts, text_augment, rng)
+                ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
+                swapped = None
+                if args.swap_negatives > 0:
+                    picked = [(r, swapped_attribute(t, rng, args.swap_shape_share, args.swap_binding_share)) for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
+                    picked = [(r, t) for r, t in picked if t is not None]
+                    if picked:
+                        s_ids, s_mask = encode_texts(tok, [t for _, t in picked], special["[CLS]"], FILTER_MAX_TOKENS)
+                        swapped = (torch.tensor([r for r, _ in picked]).to(dev), s_ids.to(dev), s_mask.to(dev))
+                itc, itm = filter_losses(model, pixels, ids.to(dev), mask.to(dev), torch.from_numpy(text_ids_all[idx]).to(dev), special["[ENC]"],
+                                         swapped=swapped, image_embeds=None if embeds is None else embeds[idx].to(dev))
+                loss = itc + itm
         losses.append(optimiser_step(model, opt, sched, loss))
         if step % args.log_every == 0 or step == args.steps:
             recent = float(np.mean(losses[-args.log_every :]))
@@ -219,7 +248,9 @@ def train(args) -> Path:
         "text_augment": text_augment,
         "swap_negatives": args.swap_negatives,
         "swap_shape_share": args.swap_shape_share,
+        "swap_binding_share": args.swap_binding_share,
         "freeze_vision": args.freeze_vision,
+        "bf16": args.bf16,
         "mask_curriculum": list(args.mask_curriculum) if args.mask_curriculum else None,
         "final_loss": float(np.mean(losses[-args.log_every :])) if losses else None,
         "seconds": round(time.time() - t0, 1),

@@ -163,6 +163,62 @@ def test_swapped_attribute_swaps_shapes_at_the_asked_share():
     assert out is not None and out != "a red thing on a blue background" and "thing" in out
 
 
+def test_swapped_attribute_binds_the_other_objects_word_at_the_asked_share():
+    from capfilt_trainer.augment import SHAPES, swapped_attribute
+
+    rng = np.random.default_rng(2)
+    text = "a red circle and a green star on a blue background"
+
+    def bound_share(share):
+        outs = [swapped_attribute(text, rng, 1.0, share) for _ in range(2000)]
+        # A shape swap that names the other object's shape: "a red star and a green star".
+        return sum(o.split().count("star") == 2 or o.split().count("circle") == 2 for o in outs) / len(outs)
+
+    assert abs(bound_share(0.0) - 1 / 6) < 0.04  # a uniform draw over the six other shapes
+    assert abs(bound_share(0.5) - (0.5 + 0.5 / 6)) < 0.04
+    assert bound_share(1.0) == 1.0
+    # One object: no other word to bind, the swap stays uniform over its kind.
+    out = swapped_attribute("a red circle on a blue background", rng, 1.0, 1.0)
+    assert out is not None and out.split()[2] in SHAPES and out.split()[2] != "circle"
+
+
+def test_best_recall_at_precision_is_the_lowest_threshold_that_keeps_the_precision():
+    from capfilt_trainer.evaluate import best_recall_at_precision
+
+    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.6, 0.5, 0.4, 0.1])
+    labels = np.array([1, 1, 0, 1, 0, 1, 1, 0], dtype=bool)
+    # Keeping >= 0.8: 2/2 precise; >= 0.7: 2/3; >= 0.6 (a tie, both kept): 3/5; >= 0.5: 4/6; >= 0.4: 5/7.
+    assert best_recall_at_precision(probs, labels, 1.0) == {"threshold": 0.8, "precision": 1.0, "recall": 0.4}
+    best = best_recall_at_precision(probs, labels, 0.7)
+    assert best["threshold"] == 0.4 and best["recall"] == 1.0 and best["precision"] == pytest.approx(5 / 7)
+    assert best_recall_at_precision(probs, ~labels, 1.0)["recall"] == 0.0  # no threshold is precise enough
+
+
+def test_frozen_tower_embeddings_give_the_same_filter_loss():
+    import torch
+
+    from capfilt_trainer.models import build, filter_losses
+    from capfilt_trainer.train import frozen_image_embeds
+
+    tok = toks.build(["a red circle on a blue background", "a green star on a white background"], vocab_size=64)
+    special = toks.special_ids(tok)
+    model = build("filter", "tiny", None, tok.get_vocab_size(), special, 0)
+    model.eval()  # dropout off: the same loss twice
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 96, 96), dtype=np.uint8)
+    embeds = frozen_image_embeds(model, images, torch.device("cpu"), chunk=3)
+    assert embeds is not None and embeds.shape == (4, 145, 64)
+    ids, mask = encode_texts(tok, ["a red circle on a blue background"] * 2 + ["a green star on a white background"] * 2, special["[CLS]"], 35)
+    text_ids = torch.tensor([0, 0, 1, 1])
+    from capfilt_trainer.preprocess import normalise
+
+    torch.manual_seed(0)
+    direct = filter_losses(model, normalise(images), ids, mask, text_ids, special["[ENC]"])
+    torch.manual_seed(0)
+    cached = filter_losses(model, None, ids, mask, text_ids, special["[ENC]"], image_embeds=embeds)
+    for a, b in zip(direct, cached):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_mask_curriculum_runs_from_masks_to_images():
     from capfilt_trainer.preprocess import mask_blend, shape_masks
     from capfilt_trainer.train import curriculum_alpha
