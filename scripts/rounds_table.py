@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The per-round table of a bootstrap run on the synthetic benchmark: rows processed, img/s, web
 and synthetic texts kept, precision and recall of the kept web and synthetic texts and the
-coverage of the cleaned set against the ground truth (each with its 95% interval, see
+coverage of the cleaned set against the ground truth, the keep threshold each round used (each with its 95% interval, see
 round_quality.py), and the held-out figures of the round's captioner (exact match, shape
 accuracy) and filter (ROC-AUC); then per round the four cleaned sets of the paper's ablation
 (none, filter only, captioner only, both).
@@ -30,11 +30,14 @@ def main() -> int:
     run = json.loads((out / "_run.json").read_text())
     rows = []
     for r in run["rounds"]:
-        q = quality(out / f"round-{r['round']:04d}", args.truth)
+        rdir = out / f"round-{r['round']:04d}"
+        q = quality(rdir, args.truth)
+        manifest = json.loads((rdir / "_manifest.json").read_text())
         rows.append({
             "round": r["round"],
             "rows": r["totals"]["rows_in"],
             "images_per_second": r.get("images_per_second"),
+            "threshold": manifest["params"]["threshold"],
             "web_kept": q["web_keep_rate"],
             "synthetic_kept": q["synthetic_keep_rate"],
             "raw_web_precision": q["raw_web_precision"],
@@ -56,12 +59,12 @@ def main() -> int:
         return 0
     pct = lambda v: "-" if v is None else f"{100 * v:5.1f}%"
     num = lambda v, f="{:.3f}": "-" if v is None else f.format(v)
-    print(f"{'round':>5} {'rows':>7} {'img/s':>7} {'web kept':>9} {'syn kept':>9} "
+    print(f"{'round':>5} {'rows':>7} {'img/s':>7} {'threshold':>9} {'web kept':>9} {'syn kept':>9} "
           f"{'capt. exact':>11} {'capt. shape':>11} {'filter AUC':>10}")
     for x in rows:
-        print(f"{x['round']:>5} {x['rows']:>7} {num(x['images_per_second'], '{:.0f}'):>7} {pct(x['web_kept']):>9} "
-              f"{pct(x['synthetic_kept']):>9} {num(x['captioner_exact_match']):>11} {num(x['captioner_shape_acc']):>11} "
-              f"{num(x['filter_auc']):>10}")
+        print(f"{x['round']:>5} {x['rows']:>7} {num(x['images_per_second'], '{:.0f}'):>7} {num(x['threshold']):>9} "
+              f"{pct(x['web_kept']):>9} {pct(x['synthetic_kept']):>9} {num(x['captioner_exact_match']):>11} "
+              f"{num(x['captioner_shape_acc']):>11} {num(x['filter_auc']):>10}")
     print("against the ground truth, 95% intervals in brackets:")
     print(f"{'round':>5} {'kept-web precision':>20} {'kept-web recall':>20} {'kept-synthetic P':>20} {'kept-synthetic R':>20} "
           f"{'coverage':>20}")

@@ -76,7 +76,7 @@ pub async fn round_spec(
         .map_err(|e| CliError::Usage(e.into()))?;
     fil.expect_kind(capfilt_schemas::BundleKind::Filter)
         .map_err(|e| CliError::Usage(e.into()))?;
-    let mut step = options.step_params(&cap, file)?;
+    let mut step = options.step_params(&cap, &fil, file)?;
     step.round = round;
     let g = &step.generation;
     let spec = RoundSpec {

@@ -143,6 +143,9 @@ pub struct CapfiltSection {
     pub candidates: Option<usize>,
     /// ITM keep threshold.
     pub threshold: Option<f32>,
+    /// Keep threshold from the filter bundle's held-out figures: the lowest threshold that
+    /// reached this precision there.
+    pub threshold_at_precision: Option<f64>,
     /// Images per inference batch.
     pub batch_size: Option<usize>,
     /// Nucleus mass.

@@ -28,8 +28,17 @@ pub struct CapfiltOptions {
     #[arg(long, env = "CAPFILT_CANDIDATES", value_parser = crate::exit::at_least_one::<usize>)]
     pub candidates: Option<usize>,
     /// Keep a text when its ITM match probability is at least this [default: 0.5].
-    #[arg(long, env = "CAPFILT_THRESHOLD")]
+    #[arg(
+        long,
+        env = "CAPFILT_THRESHOLD",
+        conflicts_with = "threshold_at_precision"
+    )]
     pub threshold: Option<f32>,
+    /// Instead of --threshold: the lowest threshold whose kept texts reached this precision on
+    /// the filter bundle's held-out split, as its bundle.json records it (e.g. 0.98); a run
+    /// takes each round's own from that round's filter.
+    #[arg(long, env = "CAPFILT_THRESHOLD_AT_PRECISION")]
+    pub threshold_at_precision: Option<f64>,
     /// Images per inference batch [default: 32].
     #[arg(long, env = "CAPFILT_BATCH_SIZE", value_parser = crate::exit::at_least_one::<usize>)]
     pub batch_size: Option<usize>,
@@ -114,11 +123,52 @@ pub struct CapfiltOptions {
 }
 
 impl CapfiltOptions {
+    /// The keep threshold: --threshold, else --threshold-at-precision looked up in `filter`'s
+    /// recorded figures, else the config file's (in the same order), else 0.5.
+    pub fn threshold(&self, filter: &Bundle, file: &FileConfig) -> Result<f32, CliError> {
+        let f = &file.capfilt;
+        let at_precision = |precision: f64| -> Result<f32, CliError> {
+            let provenance = &filter.manifest.provenance;
+            provenance
+                .threshold_at_precision(precision)
+                .map(|t| t as f32)
+                .ok_or_else(|| {
+                    let recorded = provenance.precision_targets();
+                    CliError::Usage(anyhow!(
+                        "filter bundle {} records no threshold for precision {precision} (recorded: {});                          evaluate it with `python -m capfilt_trainer eval` or give --threshold",
+                        filter.manifest.name,
+                        if recorded.is_empty() { "none".to_string() } else { recorded.join(", ") }
+                    ))
+                })
+        };
+        let threshold = match (self.threshold, self.threshold_at_precision) {
+            (Some(t), _) => t,
+            (None, Some(p)) => at_precision(p)?,
+            (None, None) => match (f.threshold, f.threshold_at_precision) {
+                (Some(_), Some(_)) => {
+                    return Err(CliError::Usage(anyhow!(
+                        "[capfilt] gives both threshold and threshold_at_precision: keep one"
+                    )));
+                }
+                (Some(t), None) => t,
+                (None, Some(p)) => at_precision(p)?,
+                (None, None) => 0.5,
+            },
+        };
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(CliError::Usage(anyhow!(
+                "--threshold must be within 0..=1, got {threshold}"
+            )));
+        }
+        Ok(threshold)
+    }
+
     /// Step parameters: flags, else the config file, else the captioner bundle's generation
-    /// defaults (and capfilt's).
+    /// defaults (and capfilt's); the threshold as [`CapfiltOptions::threshold`] resolves it.
     pub fn step_params(
         &self,
         captioner: &Bundle,
+        filter: &Bundle,
         file: &FileConfig,
     ) -> Result<StepParams, CliError> {
         let f = &file.capfilt;
@@ -159,12 +209,7 @@ impl CapfiltOptions {
             g.max_length = v;
         }
         g.validate().map_err(|e| CliError::Usage(anyhow!("{e}")))?;
-        let threshold = self.threshold.or(f.threshold).unwrap_or(0.5);
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(CliError::Usage(anyhow!(
-                "--threshold must be within 0..=1, got {threshold}"
-            )));
-        }
+        let threshold = self.threshold(filter, file)?;
         if self.batch_size(file) == 0 || self.itm_batch == 0 {
             return Err(CliError::Usage(anyhow!(
                 "--batch-size and --itm-batch must be at least 1"
@@ -329,7 +374,10 @@ pub fn run(args: InferArgs) -> CliResult {
         let captioner = Bundle::fetch(&args.captioner, &cache, &store_options)
             .await
             .map_err(|e| CliError::Usage(e.into()))?;
-        let step = o.step_params(&captioner, &file)?;
+        let filter = Bundle::fetch(&args.filter, &cache, &store_options)
+            .await
+            .map_err(|e| CliError::Usage(e.into()))?;
+        let step = o.step_params(&captioner, &filter, &file)?;
         let config = InferConfig {
             captioner: args.captioner.clone(),
             filter: args.filter.clone(),

@@ -240,6 +240,30 @@ pub struct Provenance {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// Prefix of the filter metrics that record, per precision target, the lowest ITM threshold
+/// whose kept texts reached that precision on the held-out split
+/// (`threshold_at_precision_0.98`); the trainer's evaluation writes them.
+pub const THRESHOLD_AT_PRECISION: &str = "threshold_at_precision_";
+
+impl Provenance {
+    /// The threshold recorded for precision target `precision` (e.g. 0.98), if any.
+    pub fn threshold_at_precision(&self, precision: f64) -> Option<f64> {
+        self.metrics
+            .get(&format!("{THRESHOLD_AT_PRECISION}{precision}"))
+            .copied()
+            .filter(|t| (0.0..=1.0).contains(t))
+    }
+
+    /// The precision targets that have a recorded threshold.
+    pub fn precision_targets(&self) -> Vec<String> {
+        self.metrics
+            .keys()
+            .filter_map(|k| k.strip_prefix(THRESHOLD_AT_PRECISION))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// The contents of `bundle.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleManifest {

@@ -93,3 +93,30 @@ def test_cleaned_is_the_kept_part_of_scored_and_points_at_source_rows(run) -> No
     keys = table["key"].to_pylist()
     rows = con.execute("select key, source_row from cleaned").fetchall()
     assert all(keys[r] == k for k, r in rows)
+
+
+def test_threshold_at_precision_takes_the_filter_bundles_recorded_threshold(run, tmp_path) -> None:
+    recorded = json.loads((SEED / "filter" / "bundle.json").read_text())["provenance"]["metrics"]
+    want = recorded["threshold_at_precision_0.98"]
+    small = tmp_path / "small.parquet"
+    pq.write_table(run["input"].slice(0, 40), small)
+    common = [BIN, "infer", "--captioner", str(SEED / "captioner"), "--filter", str(SEED / "filter"), "--input", str(small),
+              "--cache-dir", str(tmp_path / "cache")]
+    r = subprocess.run(common + ["--output", str(tmp_path / "out"), "--threshold-at-precision", "0.98"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    files = sorted((tmp_path / "out" / "scored").glob("*.parquet"))
+    scored = pq.read_table(files[0])
+    provenance = json.loads(pq.ParquetFile(files[0]).metadata.metadata[b"capfilt.provenance"])
+    assert provenance["threshold"] == pytest.approx(want, abs=1e-6)
+    assert all(k == (p >= provenance["threshold"]) for k, p in zip(scored["kept"].to_pylist(), scored["itm_prob"].to_pylist()))
+    # A precision the bundle has no figure for: one line that says what to do.
+    r = subprocess.run(common + ["--output", str(tmp_path / "out2"), "--threshold-at-precision", "0.9"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2
+    assert "records no threshold for precision 0.9 (recorded: 0.95, 0.97, 0.98, 0.99)" in r.stderr
+    assert not (tmp_path / "out2").exists()
+    # --threshold and --threshold-at-precision together are a usage error.
+    r = subprocess.run(common + ["--output", str(tmp_path / "out3"), "--threshold", "0.5", "--threshold-at-precision", "0.98"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "--threshold-at-precision" in r.stderr

@@ -27,8 +27,10 @@ def write_round(root: Path) -> tuple[Path, Path]:
     rnd = root / "round-0001"
     (rnd / "_commits").mkdir(parents=True)
     (rnd / "scored").mkdir()
+    # ITM probabilities: the kept texts at 0.6 and above, the dropped ones below.
+    probs = [0.9, 0.8, 0.3, 0.7, 0.6, 0.2, 0.1, 0.95]
     pq.write_table(pa.table({"key": [r[0] for r in rows], "origin": [r[1] for r in rows], "kept": [r[2] for r in rows],
-                             "text": [r[3] for r in rows]}), rnd / "scored" / "part-0.parquet")
+                             "text": [r[3] for r in rows], "itm_prob": probs}), rnd / "scored" / "part-0.parquet")
     (rnd / "_commits" / "00000.json").write_text(json.dumps({"files": {"scored": {"path": "scored/part-0.parquet"}}}))
     truth = root / "truth.parquet"
     pq.write_table(pa.table({"key": ["k0", "k1", "k2", "k3"], "gt_match": [True, True, False, False], "gt_caption": [TRUTH] * 4}), truth)
@@ -47,6 +49,10 @@ def test_quality_counts_every_text_and_image_as_the_ground_truth_says(tmp_path):
     # raw coverage: k0, k1; cleaned: k0 (both), k3 (synthetic); k1 lost its only kept text's truth
     assert (q["raw_coverage"]["k"], q["cleaned_coverage"]["k"], q["images"]) == (2, 2, 4)
     assert (q["coverage_gain"]["gain"], q["coverage_gain"]["loss"], q["coverage_gain"]["value"]) == (1, 1, 0.0)
+    # Web scores (k0 0.9 right, k1 0.3 right, k2 0.6 wrong, k3 0.1 wrong): one of four pairs misordered.
+    assert q["web_scores"]["auc"] == 0.75
+    # Fully precise only from 0.9, where it keeps k0 alone: half the matching web texts.
+    assert q["web_scores"]["best_at_precision_0.98"] == {"threshold": 0.9, "precision": 1.0, "recall": 0.5}
 
 
 def test_intervals_contain_the_estimate_and_narrow_with_more_data():

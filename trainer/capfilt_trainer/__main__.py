@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--swap-binding-share", type=float, default=0.0, metavar="P",
                    help="filter: a swapped-attribute negative takes the new word from the caption's other object with probability P "
                         "(an attribute-binding negative), when it has one")
+    t.add_argument("--vision-lr-scale", type=float, default=1.0, metavar="F",
+                   help="the vision tower learns at F times --lr (without --freeze-vision)")
     t.add_argument("--freeze-vision", action="store_true", help="train everything but the vision tower (e.g. one taken with --init-shared)")
     t.add_argument("--mask-curriculum", type=span, metavar="START:END",
                    help="train first on the images' shape masks, blending to the real images from START to END "

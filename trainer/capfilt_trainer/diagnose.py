@@ -241,7 +241,7 @@ def filter_breakdown(examples, probs: np.ndarray, threshold: float) -> dict:
         else:
             truth = set(e.gt_caption.split())
             named = {w.strip(",") for w in e.text.split()} & attribute_words
-            kind = "binding" if named and named <= truth else "new word"
+            kind = ("binding" if named <= truth else "new word") if named else "no attribute word"
             key, wrong = f"{e.noise}, {objects} object(s), {kind}", p >= threshold
         entry = counts.setdefault(key, [0, 0])
         entry[0] += 1

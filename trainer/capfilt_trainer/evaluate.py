@@ -13,10 +13,13 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
 from . import tokenizer as toks
 from .data import progress, read_examples
+from .metrics import best_recall_at_precision, roc_auc  # noqa: F401 (callers import them from here too)
 from .preprocess import decode_caption, encode_texts, pixel_values, prompt_ids
 
 CAPTION_RE = re.compile(r"^an? (\w+) (\w+)(?: and an? (\w+) (\w+))? on an? (\w+) background$")
 BATCH = 64
+# The precisions whose thresholds a filter bundle's figures record.
+PRECISION_TARGETS = (0.95, 0.97, 0.98, 0.99)
 
 
 def parse(caption: str):
@@ -47,24 +50,6 @@ def caption_metrics(predicted: list[str], truth: list[str]) -> dict[str, float]:
     return {"exact_match": exact / n, "colour_acc": colour / max(total_shapes, 1), "shape_acc": shape / max(total_shapes, 1), "background_acc": bg / n}
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted half."""
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def filter_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     kept = probs >= threshold
     tp = int((kept & labels).sum())
@@ -72,22 +57,6 @@ def filter_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
     recall = tp / max(int(labels.sum()), 1)
     return {"auc": roc_auc(probs, labels), f"precision_at_{threshold}": precision, f"recall_at_{threshold}": recall,
             f"accuracy_at_{threshold}": float((kept == labels).mean())}
-
-
-def best_recall_at_precision(probs: np.ndarray, labels: np.ndarray, min_precision: float) -> dict[str, float]:
-    """The lowest threshold whose kept texts are at least ``min_precision`` precise, and the
-    recall there: the best a threshold alone can do for that precision (NaN threshold and recall
-    0 when no threshold reaches it)."""
-    order = np.argsort(-probs, kind="stable")
-    p, y = probs[order], labels[order].astype(np.int64)
-    tp, kept = np.cumsum(y), np.arange(1, len(y) + 1)
-    # A threshold keeps every text with a probability at least as high: cut after ties only.
-    cut = np.append(p[1:] != p[:-1], True)
-    ok = cut & (tp / kept >= min_precision)
-    if not ok.any():
-        return {"threshold": float("nan"), "precision": 0.0, "recall": 0.0}
-    i = int(np.flatnonzero(ok)[-1])
-    return {"threshold": float(p[i]), "precision": float(tp[i] / kept[i]), "recall": float(tp[i] / max(int(y.sum()), 1))}
 
 
 def noise_breakdown(probs: np.ndarray, labels: np.ndarray, noise: list[str | None], threshold: float = 0.5) -> dict[str, float]:
@@ -153,11 +122,13 @@ def evaluate_bundle(bundle: Path, data: str, limit: int | None) -> dict[str, flo
         probs = itm_probs(model, tok, [e.image for e in examples], [e.text for e in examples], size, manifest["tokenizer"]["max_length"])
         metrics = filter_metrics(probs, labels)
         metrics.update(noise_breakdown(probs, labels, [e.noise for e in examples]))
-        # The operating point for a 98%-precise cleaned set: a threshold to pass a round.
-        best = best_recall_at_precision(probs, labels, 0.98)
-        if best["recall"] > 0:
-            metrics["threshold_at_precision_0.98"] = best["threshold"]
-            metrics["recall_at_precision_0.98"] = best["recall"]
+        # Operating points: the lowest threshold that keeps the cleaned texts this precise here
+        # (`capfilt run --threshold-at-precision` takes a round's threshold from them).
+        for target in PRECISION_TARGETS:
+            best = best_recall_at_precision(probs, labels, target)
+            if best["recall"] > 0:
+                metrics[f"threshold_at_precision_{target}"] = best["threshold"]
+                metrics[f"recall_at_precision_{target}"] = best["recall"]
     metrics["eval_rows"] = float(len(examples))
     print_table(f"{kind} {manifest['name']} on {data}", metrics)
     return metrics

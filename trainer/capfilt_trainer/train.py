@@ -186,11 +186,15 @@ def train(args) -> Path:
         for param in model.vision_model.parameters():
             param.requires_grad_(False)
     embeds = frozen_image_embeds(model, images, dev) if args.kind == "filter" and args.freeze_vision and args.mask_curriculum is None else None
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05)
+    tower = {id(p) for p in model.vision_model.parameters()}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in tower]}]
+    if not args.freeze_vision:
+        groups.append({"params": list(model.vision_model.parameters()), "lr": args.lr * args.vision_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.05)
     # --steps 0 saves the freshly initialised model (random weights, e.g. the base shape for
     # performance work).
     if args.steps >= 20:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=args.steps, pct_start=0.1)
     else:  # too few steps for a warm-up: a constant rate
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     prompt_len = len(tok.encode(PROMPT).ids) - 1  # [DEC] + prompt tokens
@@ -250,6 +254,7 @@ def train(args) -> Path:
         "swap_shape_share": args.swap_shape_share,
         "swap_binding_share": args.swap_binding_share,
         "freeze_vision": args.freeze_vision,
+        "vision_lr_scale": args.vision_lr_scale,
         "bf16": args.bf16,
         "mask_curriculum": list(args.mask_curriculum) if args.mask_curriculum else None,
         "final_loss": float(np.mean(losses[-args.log_every :])) if losses else None,

