@@ -5,7 +5,9 @@
 # the current swapped-negative recipes. Every run is pinned to one core (`taskset`), two at a time
 # on a 2-core machine, so their steps/s compare with each other (not with make-seed-bundles.sh's
 # 2-thread runs). Then one `diagnose errors` line per checkpoint on the 2,000-row eval split.
-# About 50 minutes on 2 idle cores.
+# About 50 minutes on 2 idle cores. The filter recipes here were measured before alt-text
+# rewrites dropped articles one by one (trainer README, "What kept the cleaned set from 98%
+# precision"); run this at commit 8857e5d for those figures.
 #
 #   scripts/seed-recipes.sh [WORK_DIR]    (default: target/seed-recipes)
 set -euo pipefail
