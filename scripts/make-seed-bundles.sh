@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rebuilds the committed seed bundles models/shapes-seed/{captioner,filter} from scratch:
 # the synthetic benchmark's seed split only (the same benchmark scripts/demo.sh writes), the small
-# size preset, fixed seeds. About 21 minutes on 2 idle CPU cores with AVX-512 BF16 (the filter
+# size preset, fixed seeds. 21 min 19 s on 2 CPU cores with AVX-512 BF16 (2026-12-06; the filter
 # trains in bfloat16 autocast; on a CPU without it, expect the filter's 6,000 steps to take longer).
+# Fixed seeds give the same bundles on the same machine; another CPU rounds differently and gives
+# slightly different ones (trainer README, "Seed bundles").
 #
 # The recipe (trainer README, "Why the seed models did not see shapes"):
 #   1. the captioner learns from 40,000 seed rows (8,000 steps) under the mask curriculum: its
