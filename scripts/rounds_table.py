@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The per-round table of a bootstrap run on the synthetic benchmark: rows processed, img/s, web
 and synthetic texts kept, precision and recall of the kept web and synthetic texts and the
-coverage of the cleaned set against the ground truth, the keep threshold each round used (each with its 95% interval, see
-round_quality.py), and the held-out figures of the round's captioner (exact match, shape
+coverage of the cleaned set against the ground truth (each with its 95% interval, see
+round_quality.py), the keep threshold each round used, and the held-out figures of the round's captioner (exact match, shape
 accuracy) and filter (ROC-AUC); then per round the four cleaned sets of the paper's ablation
 (none, filter only, captioner only, both).
 

@@ -135,7 +135,8 @@ impl CapfiltOptions {
                 .ok_or_else(|| {
                     let recorded = provenance.precision_targets();
                     CliError::Usage(anyhow!(
-                        "filter bundle {} records no threshold for precision {precision} (recorded: {});                          evaluate it with `python -m capfilt_trainer eval` or give --threshold",
+                        "filter bundle {} records no threshold for precision {precision} (recorded: {}); \
+                         evaluate it with `python -m capfilt_trainer eval` or give --threshold",
                         filter.manifest.name,
                         if recorded.is_empty() { "none".to_string() } else { recorded.join(", ") }
                     ))

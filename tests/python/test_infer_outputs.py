@@ -114,7 +114,7 @@ def test_threshold_at_precision_takes_the_filter_bundles_recorded_threshold(run,
     r = subprocess.run(common + ["--output", str(tmp_path / "out2"), "--threshold-at-precision", "0.9"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2
-    assert "records no threshold for precision 0.9 (recorded: 0.95, 0.97, 0.98, 0.99)" in r.stderr
+    assert "records no threshold for precision 0.9 (recorded: 0.95, 0.97, 0.98, 0.99); evaluate it with" in r.stderr
     assert not (tmp_path / "out2").exists()
     # --threshold and --threshold-at-precision together are a usage error.
     r = subprocess.run(common + ["--output", str(tmp_path / "out3"), "--threshold", "0.5", "--threshold-at-precision", "0.98"],

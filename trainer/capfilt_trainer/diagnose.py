@@ -255,7 +255,8 @@ def errors(args) -> dict:
     from transformers import BlipForImageTextRetrieval
 
     from . import tokenizer as toks
-    from .evaluate import best_recall_at_precision, caption_metrics, filter_metrics, generate_captions, itm_probs, noise_breakdown
+    from .evaluate import caption_metrics, filter_metrics, generate_captions, itm_probs, noise_breakdown
+    from .metrics import best_recall_at_precision
 
     ckpt, model = load_checkpoint(args.checkpoint)
     tok = toks.load(ckpt / "tokenizer.json")

@@ -13,7 +13,7 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
 from . import tokenizer as toks
 from .data import progress, read_examples
-from .metrics import best_recall_at_precision, roc_auc  # noqa: F401 (callers import them from here too)
+from .metrics import best_recall_at_precision, roc_auc
 from .preprocess import decode_caption, encode_texts, pixel_values, prompt_ids
 
 CAPTION_RE = re.compile(r"^an? (\w+) (\w+)(?: and an? (\w+) (\w+))? on an? (\w+) background$")

@@ -198,7 +198,7 @@ def test_alt_text_drops_articles_one_by_one():
 
 
 def test_best_recall_at_precision_is_the_lowest_threshold_that_keeps_the_precision():
-    from capfilt_trainer.evaluate import best_recall_at_precision
+    from capfilt_trainer.metrics import best_recall_at_precision
 
     probs = np.array([0.9, 0.8, 0.7, 0.6, 0.6, 0.5, 0.4, 0.1])
     labels = np.array([1, 1, 0, 1, 0, 1, 1, 0], dtype=bool)
