@@ -40,7 +40,7 @@ t2=$(date +%s)
 echo "[demo] 2 bootstrap rounds over $out/bench/web from models/shapes-seed (retraining between them)"
 "$bin" run --rounds 2 --input "$out/bench/web" --output "$out/rounds" \
   --captioner models/shapes-seed/captioner --filter models/shapes-seed/filter \
-  --seed-data "$out/bench/seed" --eval-data "$out/bench/eval" --workers 2 --threshold-at-precision 0.98
+  --seed-data "$out/bench/seed" --eval-data "$out/bench/eval" --workers 2 --threshold-at-precision 0.99
 t3=$(date +%s)
 
 echo

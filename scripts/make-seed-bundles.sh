@@ -11,11 +11,12 @@
 #      first 15% of steps see the images' shape masks, the next 45% a blend that ends at the real
 #      images;
 #   2. the filter starts from the trained captioner (its vision tower, text transformer and
-#      tokenizer, as BLIP's filter and captioner start from one pre-trained model), keeps the
-#      vision tower frozen (its image embeddings computed once), and learns ITM with a
-#      swapped-attribute caption of every text as an extra negative (60% of them with a shape word
-#      swapped, half of those of two-object captions binding the other object's word), from
-#      alt-text rewrites that drop articles one by one.
+#      tokenizer, as BLIP's filter and captioner start from one pre-trained model; its text
+#      transformer twice as deep, the captioner's two layers repeated), keeps the vision tower
+#      frozen (its image embeddings computed once), and learns ITM with an extra negative for
+#      every text: a swapped-attribute caption (60% of them with a shape word swapped, half of
+#      those of two-object captions binding the other object's word) or, one time in ten, a text
+#      that states nothing; from alt-text rewrites that drop articles one by one.
 # Then both are exported and evaluated on a 2,000-row held-out split; the figures go into
 # bundle.json. Then regenerate the golden files (testdata/README.md).
 #
@@ -33,8 +34,8 @@ target/debug/capfilt synth --out "$work/bench" --seed-rows 40000 --web-rows 1000
 $py -m capfilt_trainer train --kind captioner --data "$work/bench/seed" --out "$work/ckpt/captioner" \
   --size small --steps 8000 --batch-size 64 --lr 2e-3 --seed 0 --mask-curriculum 0.15:0.6 --log-every 500
 $py -m capfilt_trainer train --kind filter --data "$work/bench/seed" --out "$work/ckpt/filter" \
-  --size small --init-shared "$work/ckpt/captioner" --freeze-vision --swap-negatives 1.0 --swap-shape-share 0.6 \
-  --swap-binding-share 0.5 --steps 6000 --batch-size 64 --lr 2e-3 --bf16 --seed 0 --log-every 500
+  --size small --text-layers 4 --init-shared "$work/ckpt/captioner" --freeze-vision --swap-negatives 1.0 --swap-shape-share 0.6 \
+  --swap-binding-share 0.5 --contentless-share 0.1 --steps 6000 --batch-size 64 --lr 2e-3 --bf16 --seed 0 --log-every 500
 
 mkdir -p models/shapes-seed
 $py -m capfilt_trainer export --checkpoint "$work/ckpt/captioner" --kind captioner \

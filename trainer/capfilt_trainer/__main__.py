@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint folder to write")
     t.add_argument("--size", default="tiny", help="size preset: tiny, small or base (ignored with --init-from)")
     t.add_argument("--patch-size", type=int, help="override the size preset's patch size (must divide its image size)")
+    t.add_argument("--text-layers", type=int,
+                   help="override the size preset's text transformer depth; with --init-shared, a deeper filter "
+                        "repeats the captioner's layers in order (layer i starts from layer i mod depth)")
     t.add_argument("--init-from", help="start from this local HF checkpoint folder")
     t.add_argument("--init-shared", help="start from this trained captioner checkpoint (or bundle) folder: its vision tower, "
                    "for a filter its text transformer too, and its tokenizer (BLIP's shared pre-trained start)")
@@ -58,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true",
                    help="compute in bfloat16 (autocast; weights, optimiser and checkpoint stay fp32): about 1.6x faster steps on "
                         "CPUs with AVX-512 BF16 or AMX and on CUDA GPUs, slower elsewhere")
+    t.add_argument("--contentless-share", type=float, default=0.0, metavar="P",
+                   help="filter: a swapped-attribute negative is replaced, with probability P, by a text that states "
+                        "nothing (the caption without its colour and shape words, or made-up words)")
     t.add_argument("--swap-binding-share", type=float, default=0.0, metavar="P",
                    help="filter: a swapped-attribute negative takes the new word from the caption's other object with probability P "
                         "(an attribute-binding negative), when it has one")

@@ -75,9 +75,9 @@ def blip_config(preset: Preset, vocab_size: int, special: dict[str, int]) -> Bli
 
 
 def build(kind: str, preset_name: str | None, init_from: str | None, vocab_size: int, special: dict[str, int], seed: int,
-          patch_size: int | None = None):
+          patch_size: int | None = None, text_layers: int | None = None):
     """A captioner (``BlipForConditionalGeneration``) or filter (``BlipForImageTextRetrieval``);
-    ``patch_size`` overrides the preset's (an experiment knob: trainer README)."""
+    ``patch_size`` and ``text_layers`` override the preset's (experiment knobs: trainer README)."""
     torch.manual_seed(seed)
     cls = BlipForConditionalGeneration if kind == "captioner" else BlipForImageTextRetrieval
     if init_from:
@@ -93,6 +93,10 @@ def build(kind: str, preset_name: str | None, init_from: str | None, vocab_size:
             if patch_size < 1 or preset.image_size % patch_size:
                 raise ValueError(f"--patch-size {patch_size}: must divide the preset's image size {preset.image_size}")
             preset = replace(preset, patch_size=patch_size)
+        if text_layers is not None:
+            if text_layers < 1:
+                raise ValueError(f"--text-layers {text_layers}: must be at least 1")
+            preset = replace(preset, text_layers=text_layers)
         model = cls(blip_config(preset, preset.vocab_size or vocab_size, special))
     model.config.text_config.label_smoothing = 0.1
     return model

@@ -98,13 +98,16 @@ def upload_dir(src: Path, url: str, last: str) -> None:
 
 def _filter_recipe(model: dict) -> list[str]:
     """The seed filter's recipe, kept when a round retrains it (scripts/make-seed-bundles.sh):
-    its vision tower frozen (unless it starts from scratch) and a swapped-attribute negative for
-    every text, 60% of them shape swaps, half of those of a two-object caption binding the other
-    object's word; a spec may override any of them."""
+    its vision tower frozen (unless it starts from scratch) and an extra negative for every text:
+    a swapped-attribute caption (60% of them shape swaps, half of those of a two-object caption
+    binding the other object's word) or, one time in ten, a text that states nothing; a spec may
+    override any of them. The depth of a filter's text transformer comes with the checkpoint it
+    starts from."""
     if model["kind"] != "filter":
         return []
     args = ["--swap-negatives", str(model.get("swap_negatives", 1.0)), "--swap-shape-share", str(model.get("swap_shape_share", 0.6)),
-            "--swap-binding-share", str(model.get("swap_binding_share", 0.5))]
+            "--swap-binding-share", str(model.get("swap_binding_share", 0.5)),
+            "--contentless-share", str(model.get("contentless_share", 0.1))]
     freeze = model.get("freeze_vision", model["init"] != "scratch")
     return args + (["--freeze-vision"] if freeze else [])
 

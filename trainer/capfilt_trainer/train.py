@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -17,7 +18,7 @@ import torch
 
 from . import PROMPT
 from . import tokenizer as toks
-from .augment import augment, swapped_attribute, vocabulary_extra
+from .augment import augment, contentless, swapped_attribute, vocabulary_extra
 from .data import Example, progress, read_examples, read_round_cleaned
 from .models import build, captioner_loss, filter_losses, image_size
 from .preprocess import encode_texts, mask_blend, normalise, resized_uint8_all
@@ -75,6 +76,26 @@ def optimiser_step(model, opt, sched, loss) -> float:
     return loss.item()
 
 
+LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
+
+
+def repeated_layers(weights: dict, own: dict) -> dict:
+    """``weights`` of a text transformer laid out for ``own``'s depth when ``own`` is deeper
+    (``--text-layers``): layer i starts from layer i mod the source's depth, i.e. the source's
+    stack repeated in order. Same depth: ``weights`` unchanged."""
+    depth = lambda keys: 1 + max((int(m.group(1)) for k in keys if (m := LAYER.match(k))), default=-1)
+    have, want = depth(weights), depth(own)
+    if have == 0 or want <= have:
+        return weights
+    out = {k: v for k, v in weights.items() if not LAYER.match(k)}
+    for k, v in weights.items():
+        if m := LAYER.match(k):
+            i = int(m.group(1))
+            for j in range(i, want, have):
+                out[LAYER.sub(f"encoder.layer.{j}.", k, count=1)] = v.clone()
+    return out
+
+
 def init_shared(model, checkpoint: str) -> None:
     """Starts ``model`` from a trained captioner, as BLIP's captioner and filter both start from
     one pre-trained model: the vision tower (``vision_model.*``) is copied, and for a filter the
@@ -93,6 +114,8 @@ def init_shared(model, checkpoint: str) -> None:
     for prefix, target, module in parts:
         weights_of = {k.removeprefix(prefix): v for k, v in source.items() if k.startswith(prefix)}
         own = module.state_dict()
+        if target == "text_encoder.":
+            weights_of = repeated_layers(weights_of, own)
         if not weights_of:
             raise ValueError(f"--init-shared {checkpoint}: no {prefix}* weights (expected a captioner checkpoint)")
         mismatched = [k for k, v in weights_of.items() if k not in own or own[k].shape != v.shape]
@@ -164,7 +187,7 @@ def train(args) -> Path:
         # The alt-text words too, so that a filter can share a captioner's tokenizer.
         tok = toks.build([e.text for e in examples] + vocabulary_extra(), vocab_size=args.vocab_size)
     special = toks.special_ids(tok)
-    model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed, args.patch_size)
+    model = build(args.kind, args.size, args.init_from, tok.get_vocab_size(), special, args.seed, args.patch_size, args.text_layers)
     if args.init_shared:
         init_shared(model, args.init_shared)
     dev = device()
@@ -219,7 +242,9 @@ def train(args) -> Path:
                 ids, mask = encode_texts(tok, batch_texts, special["[CLS]"], FILTER_MAX_TOKENS)
                 swapped = None
                 if args.swap_negatives > 0:
-                    picked = [(r, swapped_attribute(t, rng, args.swap_shape_share, args.swap_binding_share)) for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
+                    picked = [(r, contentless(t, rng) if rng.random() < args.contentless_share
+                               else swapped_attribute(t, rng, args.swap_shape_share, args.swap_binding_share))
+                              for r, t in enumerate(batch_texts) if rng.random() < args.swap_negatives]
                     picked = [(r, t) for r, t in picked if t is not None]
                     if picked:
                         s_ids, s_mask = encode_texts(tok, [t for _, t in picked], special["[CLS]"], FILTER_MAX_TOKENS)
@@ -240,6 +265,8 @@ def train(args) -> Path:
         "kind": args.kind,
         "size": args.size,
         "patch_size": args.patch_size,
+        "text_layers": args.text_layers,
+        "contentless_share": args.contentless_share,
         "init_from": args.init_from,
         "init_shared": args.init_shared,
         "data": args.data or [],

@@ -275,6 +275,46 @@ def test_init_shared_copies_the_captioners_tower_and_text_into_a_filter(tmp_path
         init_shared(flt, str(tmp_path))
 
 
+def test_init_shared_repeats_the_captioners_layers_into_a_deeper_filter(tmp_path):
+    import torch
+
+    from capfilt_trainer.models import build
+    from capfilt_trainer.train import init_shared
+
+    tok = toks.build(["a red circle on a blue background"], vocab_size=200)
+    special = toks.special_ids(tok)
+    captioner = build("captioner", "tiny", None, tok.get_vocab_size(), special, seed=1)
+    captioner.save_pretrained(str(tmp_path / "cap"))
+    deep = build("filter", "tiny", None, tok.get_vocab_size(), special, seed=2, text_layers=5)
+    assert len(deep.text_encoder.encoder.layer) == 5
+    init_shared(deep, str(tmp_path / "cap"))
+    source = captioner.text_decoder.bert.encoder.layer
+    for i, layer in enumerate(deep.text_encoder.encoder.layer):  # layers 0 1 0 1 0
+        assert torch.equal(layer.crossattention.self.query.weight, source[i % 2].crossattention.self.query.weight), i
+        assert torch.equal(layer.output.dense.bias, source[i % 2].output.dense.bias), i
+    # Copies, not views: training one layer leaves its repeats alone.
+    assert layer.output.dense.bias.data_ptr() != deep.text_encoder.encoder.layer[0].output.dense.bias.data_ptr()
+    assert torch.equal(deep.text_encoder.embeddings.word_embeddings.weight, captioner.text_decoder.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(ValueError, match="at least 1"):
+        build("filter", "tiny", None, tok.get_vocab_size(), special, seed=2, text_layers=0)
+
+
+def test_contentless_negatives_state_no_attribute():
+    from capfilt_trainer.augment import COLOURS, SHAPES, contentless
+
+    rng = np.random.default_rng(0)
+    caption = "a red circle and a blue star on a green background"
+    texts = [contentless(caption, rng) for _ in range(200)]
+    stripped = [t for t in texts if t == "a and a on a background"]
+    made_up = [t for t in texts if t not in stripped]
+    assert 60 < len(stripped) < 140 and made_up
+    attribute_words = set(SHAPES) | set(COLOURS)
+    for t in made_up:
+        words = t.split(" ")
+        assert 1 <= len(words) <= 5 and all(3 <= len(w) <= 9 and w.isalpha() for w in words), t
+        assert not attribute_words & set(words), t
+
+
 def test_noise_breakdown_names_the_kinds_a_filter_cannot_see():
     from capfilt_trainer.evaluate import noise_breakdown
 
