@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the committed seed bundles models/shapes-seed/{captioner,filter} from scratch:
 # the synthetic benchmark's seed split only (the same benchmark scripts/demo.sh writes), the small
-# size preset, fixed seeds. 21 min 19 s on 2 CPU cores with AVX-512 BF16 (2026-12-06; the filter
+# size preset, fixed seeds. 24 min 27 s on 2 CPU cores with AVX-512 BF16 (2026-12-07; the filter
 # trains in bfloat16 autocast; on a CPU without it, expect the filter's 6,000 steps to take longer).
 # Fixed seeds give the same bundles on the same machine; another CPU rounds differently and gives
 # slightly different ones (trainer README, "Seed bundles").
