@@ -51,13 +51,15 @@ def augment(texts: list[str], share: float, rng: np.random.Generator) -> list[st
 
 def contentless(text: str, rng: np.random.Generator) -> str:
     """A text that states nothing about any image, as a negative for ``text``'s image: half the
-    time ``text`` with every attribute word removed ("a on a background"), half the time one to
+    time ``text`` with every attribute word removed ("a on a background"; when it has none,
+    made-up words instead, never ``text`` itself), half the time one to
     five made-up words of 3-9 letters, the way web alt text holds titles, file names and words
     outside the filter's small vocabulary (its tokenizer spells them letter by letter). A filter
     trained only on captions that all name colours and shapes never sees such a text, and a deep
     one can keep them (trainer README, "A deeper filter")."""
-    if rng.random() < 0.5:
-        return " ".join(w for w in text.split(" ") if not any(w.strip(",") in kind for kind in ATTRIBUTE_KINDS))
+    stripped = " ".join(w for w in text.split(" ") if not any(w.strip(",") in kind for kind in ATTRIBUTE_KINDS))
+    if rng.random() < 0.5 and stripped != text:  # a text without attribute words would be its own negative
+        return stripped
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     return " ".join("".join(rng.choice(letters, int(rng.integers(3, 10)))) for _ in range(int(rng.integers(1, 6))))
 

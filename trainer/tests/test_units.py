@@ -313,6 +313,8 @@ def test_contentless_negatives_state_no_attribute():
         words = t.split(" ")
         assert 1 <= len(words) <= 5 and all(3 <= len(w) <= 9 and w.isalpha() for w in words), t
         assert not attribute_words & set(words), t
+    # A text with no attribute word never comes back as its own negative.
+    assert all(contentless("untitled photo", rng) != "untitled photo" for _ in range(50))
 
 
 def test_noise_breakdown_names_the_kinds_a_filter_cannot_see():
