@@ -2,7 +2,7 @@
 # The README's first command: sets up a fresh machine, builds capfilt, writes the synthetic CapFilt
 # benchmark and runs 2 bootstrap rounds over its web split from the committed seed bundles (a
 # coordinator and 2 workers in one process, local filesystem, CPU; the trainer retrains captioner
-# and filter between the rounds; each round keeps the texts above its filter's 98%-precision
+# and filter between the rounds; each round keeps the texts above its filter's 99%-precision
 # threshold on the eval split), then prints a table per round. Re-running it resumes.
 #
 #   scripts/demo.sh [OUT_DIR]     (default: demo-out/)
