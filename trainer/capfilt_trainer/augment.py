@@ -18,6 +18,8 @@ ARTICLES = {"a", "an", "the"}
 SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "hexagon"]
 COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "cyan"]
 ATTRIBUTE_KINDS = (SHAPES, COLOURS)
+ATTRIBUTE_WORDS = frozenset(SHAPES) | frozenset(COLOURS)
+LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 PREFIXES = ["image of ", "photo of ", "picture of ", "illustration of "]
 SUFFIXES = [" - stock illustration", " - stock photo", " | free download", " hd"]
 
@@ -57,11 +59,10 @@ def contentless(text: str, rng: np.random.Generator) -> str:
     outside the filter's small vocabulary (its tokenizer spells them letter by letter). A filter
     trained only on captions that all name colours and shapes never sees such a text, and a deep
     one can keep them (trainer README, "A deeper filter")."""
-    stripped = " ".join(w for w in text.split(" ") if not any(w.strip(",") in kind for kind in ATTRIBUTE_KINDS))
+    stripped = " ".join(w for w in text.split(" ") if w.strip(",") not in ATTRIBUTE_WORDS)
     if rng.random() < 0.5 and stripped != text:  # a text without attribute words would be its own negative
         return stripped
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    return " ".join("".join(rng.choice(letters, int(rng.integers(3, 10)))) for _ in range(int(rng.integers(1, 6))))
+    return " ".join("".join(rng.choice(LETTERS, int(rng.integers(3, 10)))) for _ in range(int(rng.integers(1, 6))))
 
 
 def vocabulary_extra() -> list[str]:

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import COLOURS, SHAPES
+from .augment import ATTRIBUTE_WORDS, COLOURS, SHAPES
 from .data import progress, read_examples
 from .evaluate import parse
 from .preprocess import mask_blend, normalise, resized_uint8, shape_masks
@@ -229,7 +229,6 @@ def filter_breakdown(examples, probs: np.ndarray, threshold: float) -> dict:
     rejected by number of objects and alt-text form; wrong texts kept by noise kind, number of
     objects and whether the wrong word is one the image does hold elsewhere (a "binding" error:
     "a red star and a blue star" of a red circle and a blue star) or a new one."""
-    attribute_words = set(SHAPES) | set(COLOURS)
     counts: dict[str, list[int]] = {}
     for e, p in zip(examples, probs):
         gt = parse(e.gt_caption or "")
@@ -240,7 +239,7 @@ def filter_breakdown(examples, probs: np.ndarray, threshold: float) -> dict:
             key, wrong = f"matching, {objects} object(s), {text_form(e.text, e.gt_caption)}", p < threshold
         else:
             truth = set(e.gt_caption.split())
-            named = {w.strip(",") for w in e.text.split()} & attribute_words
+            named = {w.strip(",") for w in e.text.split()} & ATTRIBUTE_WORDS
             kind = ("binding" if named <= truth else "new word") if named else "no attribute word"
             key, wrong = f"{e.noise}, {objects} object(s), {kind}", p >= threshold
         entry = counts.setdefault(key, [0, 0])
