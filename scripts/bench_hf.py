@@ -5,8 +5,8 @@ to capfilt's own figures (it runs this script itself; see README "Performance").
 Same work as capfilt per image: decode + RGB + bicubic resize + normalise (Pillow + numpy, as
 HF's BlipImageProcessor), one nucleus-sampled caption (top-p 0.9, repetition penalty 1.1, min 10 /
 max 30 tokens) with HF `generate` (KV cache on), then the filter on the web text and the
-synthetic caption: vision once per image, ITM head and ITC similarity for both texts. Prints one
-JSON object on stdout.
+synthetic caption: vision once per image, ITM head and ITC similarity for both texts. In fp32,
+fp16 (CUDA) or PyTorch's dynamic int8 (CPU, `--dtype int8`). Prints one JSON object on stdout.
 
     python scripts/bench_hf.py --captioner models/shapes-seed/captioner \
         --filter models/shapes-seed/filter --data BENCH/web/part-00000.parquet \
@@ -53,7 +53,9 @@ def main() -> int:
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="model weights and activations (fp16: CUDA only)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="model weights and activations (fp16: CUDA only; int8: PyTorch's dynamic quantisation of "
+                        "every nn.Linear, torch.ao quantize_dynamic, CPU only)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -65,6 +67,13 @@ def main() -> int:
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     captioner = BlipForConditionalGeneration.from_pretrained(str(cap_dir / "checkpoint")).eval().to(dev, dtype)
     filt = BlipForImageTextRetrieval.from_pretrained(str(fil_dir / "checkpoint")).eval().to(dev, dtype)
+    if args.dtype == "int8":
+        # PyTorch's own dynamic int8 on the CPU, set up as capfilt's int8 graphs are: every
+        # nn.Linear with int8 weights per output channel, activations quantised at run time.
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        qconfig = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        captioner, filt = quantize_dynamic(captioner, qconfig), quantize_dynamic(filt, qconfig)
     cap_tok = Tokenizer.from_file(str(cap_dir / "tokenizer.json"))
     fil_tok = Tokenizer.from_file(str(fil_dir / "tokenizer.json"))
     csp = cap_manifest["tokenizer"]["special_tokens"]

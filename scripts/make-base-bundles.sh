@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # BLIP-base-shape bundles with random weights, for performance work (ViT-B/16 at 384 px,
 # BERT-base text, BLIP's 30,524-token vocabulary; about 1.7 GB of fp32 graphs per bundle, plus
-# 0.9 GB of fp16 graphs with --precision fp32,fp16). Not committed: made where they are used.
+# the same graphs at half the size in fp16 or at about a quarter in int8). Not committed: made
+# where they are used.
 #
-#   scripts/make-base-bundles.sh OUT [PRECISIONS]     # PRECISIONS: fp32 (default) or fp32,fp16
+#   scripts/make-base-bundles.sh OUT [PRECISIONS]     # fp32 (default), or e.g. fp32,fp16,int8
 #
 # Makes OUT/captioner and OUT/filter; a synthetic benchmark split under OUT/data gives the
 # tokenizer its text and the export check its images. About 6 minutes on 2 cores for fp32.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:?usage: scripts/make-base-bundles.sh OUT [fp32|fp32,fp16]}
+out=${1:?usage: scripts/make-base-bundles.sh OUT [fp32[,fp16][,int8]]}
 precision=${2:-fp32}
 py="$repo/.venv/bin/python"
 capfilt=${CAPFILT_BIN:-$repo/target/release/capfilt}

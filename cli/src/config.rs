@@ -198,7 +198,7 @@ pub struct WorkerSection {
     pub device: Option<String>,
     /// ONNX Runtime intra-op threads.
     pub intra_threads: Option<usize>,
-    /// auto, fp32 or fp16.
+    /// auto, fp32, fp16 or int8 (CPU only).
     pub precision: Option<String>,
     /// Most images per batch of the shared engine.
     pub max_batch_images: Option<usize>,

@@ -81,7 +81,7 @@ pub struct CapfiltOptions {
     /// ONNX Runtime graph optimisation: disable, basic, extended or all.
     #[arg(long, default_value = "all")]
     pub optimization: Optimization,
-    /// Graph precision: auto (fp16 on a CUDA device when the bundles have fp16 graphs, else fp32), fp32 or fp16 [default: auto].
+    /// Graph precision: auto (fp16 on a CUDA device when the bundles have fp16 graphs, else fp32), fp32, fp16 or int8 (CPU only) [default: auto].
     #[arg(long, env = "CAPFILT_PRECISION")]
     pub precision: Option<PrecisionChoice>,
     /// Copy the decoding state through host memory at every step instead of keeping it on the device (the reference path; slower on a GPU).

@@ -161,8 +161,8 @@ pub struct GraphSpec {
     pub outputs: Vec<String>,
 }
 
-/// Numeric precision of a set of graphs. fp16 graphs keep fp32 inputs and outputs, so a worker
-/// feeds and reads them exactly as the fp32 ones.
+/// Numeric precision of a set of graphs. fp16 and int8 graphs keep fp32 inputs and outputs, so a
+/// worker feeds and reads them exactly as the fp32 ones.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -173,6 +173,10 @@ pub enum Precision {
     Fp32,
     /// 16-bit floats inside the graph (for GPU workers).
     Fp16,
+    /// Dynamically quantised: MatMul weights in int8 per output channel, activations quantised
+    /// per tensor at run time, the rest fp32 (for CPU workers; VNNI dot products where the CPU
+    /// has them).
+    Int8,
 }
 
 impl fmt::Display for Precision {
@@ -180,6 +184,7 @@ impl fmt::Display for Precision {
         f.write_str(match self {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
         })
     }
 }
@@ -191,7 +196,8 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
-            _ => Err(format!("unknown precision '{s}': use fp32 or fp16")),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("unknown precision '{s}': use fp32, fp16 or int8")),
         }
     }
 }
@@ -502,6 +508,17 @@ mod tests {
             "decoder.onnx"
         );
         assert!(captioner().graphs_at(Precision::Fp16).is_none());
+    }
+
+    #[test]
+    fn precisions_parse_print_and_refuse_unknown_names() {
+        for p in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+            let json = serde_json::to_string(&p).expect("json");
+            assert_eq!(json, format!("\"{p}\""));
+        }
+        let e = "fp8".parse::<Precision>().expect_err("unknown");
+        assert!(e.contains("'fp8'") && e.contains("int8"), "{e}");
     }
 
     #[test]

@@ -17,13 +17,13 @@ def span(text: str) -> tuple[float, float]:
 
 
 def precisions(text: str) -> list[str]:
-    """``fp32``, ``fp16`` or ``fp32,fp16``; fp32 graphs are always written."""
+    """Any of ``fp32``, ``fp16``, ``int8``, comma-separated; fp32 graphs are always written."""
     from .export import PRECISIONS
 
     got = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in got if p not in PRECISIONS]
     if bad or not got:
-        raise argparse.ArgumentTypeError(f"'{text}': use {' or '.join(PRECISIONS)}, comma-separated")
+        raise argparse.ArgumentTypeError(f"'{text}': use {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, comma-separated")
     return sorted(set(got) | {"fp32"}, key=PRECISIONS.index)
 
 
@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--parent", help="parent bundle (URL or sha256) for provenance")
     e.add_argument("--verify-images", help="Parquet with images for the export check (default: synthetic shapes)")
     e.add_argument("--precision", type=precisions, default=["fp32"], metavar="LIST",
-                   help="graph precisions to write, comma-separated: fp32 (always written) and fp16 (for GPU workers)")
+                   help="graph precisions to write, comma-separated: fp32 (always written), fp16 (for GPU workers), int8 (dynamic quantisation, for CPU workers)")
 
     v = sub.add_parser("eval", help="evaluate a bundle on a held-out split; prints a table, records it in bundle.json")
     v.add_argument("--bundle", required=True)

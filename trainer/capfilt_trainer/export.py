@@ -5,13 +5,19 @@ included) and, for a captioner, identical greedy captions from an ONNX-only loop
 
 ``--precision fp16`` adds a second set of graphs for GPU workers (``variants.fp16`` in
 bundle.json): the fp32 graphs converted by ONNX Runtime's float16 converter with fp32 inputs and
-outputs kept (so the worker feeds and reads them exactly as the fp32 ones), checked against the
-same PyTorch fp32 references with the relative tolerance recorded next to them; the captioner's
-check also records how many greedy captions of the fp16 graphs equal HF ``generate``'s."""
+outputs kept (so the worker feeds and reads them exactly as the fp32 ones). ``--precision int8``
+adds one for CPU workers (``variants.int8``): ONNX Runtime's dynamic quantisation of every
+MatMul with a constant weight (int8 weights, per output channel; activations quantised per
+tensor at run time; attention's activation-by-activation MatMuls and everything else stay fp32),
+which ONNX Runtime runs with VNNI dot products where the CPU has them. Each variant is checked
+against the same PyTorch fp32 references with the relative tolerance recorded next to it; the
+captioner's check also records how many greedy captions of the variant equal HF ``generate``'s,
+the filter's the largest ITM probability difference."""
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -30,9 +36,9 @@ from .preprocess import decode_caption, encode_texts, pixel_values, prompt_ids
 
 OPSET = 18
 TOLERANCE = 1e-4
-# fp16 graphs against PyTorch fp32: max abs diff / max |reference| of each output.
-FP16_RELATIVE_TOLERANCE = 2e-2
-PRECISIONS = ("fp32", "fp16")
+# Variant graphs against PyTorch fp32: max abs diff / max |reference| of each output.
+RELATIVE_TOLERANCE = {"fp16": 2e-2, "int8": 0.1}
+PRECISIONS = ("fp32", "fp16", "int8")
 GENERATION = {"decoding": "nucleus", "top_p": 0.9, "temperature": 1.0, "num_beams": 3, "repetition_penalty": 1.1, "min_length": 10, "max_length": 30}
 FILTER_MAX_TOKENS = 35
 
@@ -71,13 +77,15 @@ def _check(name: str, got, want) -> float:
 
 
 def _check_relative(name: str, got, want, tolerance: float) -> float:
+    """``name`` is "<precision> <graph> <output>"; the variant's output against PyTorch fp32."""
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    precision = name.split()[0]
     if not np.all(np.isfinite(got)):
-        raise ExportCheckFailed(f"{name}: the fp16 graph gives non-finite values")
+        raise ExportCheckFailed(f"{name}: the {precision} graph gives non-finite values")
     rel = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6))
     progress(f"[export] check {name}: max abs diff / max |ref| {rel:.2e}")
     if not rel <= tolerance:
-        raise ExportCheckFailed(f"{name}: the fp16 graph differs from PyTorch fp32 by {rel:.3e} of the output's range > {tolerance}")
+        raise ExportCheckFailed(f"{name}: the {precision} graph differs from PyTorch fp32 by {rel:.3e} of the output's range > {tolerance}")
     return rel
 
 
@@ -90,8 +98,80 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def fp16_file(file: str) -> str:
-    return file.removesuffix(".onnx") + ".fp16.onnx"
+def to_int8(src: Path, dst: Path) -> None:
+    """``src`` with every MatMul by a constant weight dynamically quantised: int8 weights with a
+    scale per output channel, activations quantised per tensor at run time (uint8), so inputs and
+    outputs stay float32. MatMuls of two activations (attention scores and their weighted sum)
+    stay fp32, as do embeddings, LayerNorm and softmax."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    untied = dst.with_name(dst.name + ".untied.onnx")
+    onnx.save(untie_weights(onnx.load(str(src))), str(untied))
+    # The quantiser logs advice to run its shape-inference pre-processing first, which matters
+    # for static quantisation of convolutions, not for these MatMuls.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(untied), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+        untied.unlink(missing_ok=True)
+
+
+def untie_weights(model):
+    """``model`` with weights passed on by Identity nodes read directly, and each initializer that
+    nodes of different kinds read given one copy per kind after the first. The captioner's LM head (a Gemm) reads the word-embedding matrix its
+    Gather reads; ONNX Runtime's quantiser rewrites a weight in place for its MatMul, which would
+    hand the Gather a transposed int8 matrix. Readers of one kind keep sharing (the quantiser
+    quantises a weight that several MatMuls read once)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    # The exporter hands a weight that two passes read (the filter's text encoder, run for ITM
+    # and for ITC) to the second through an Identity node; the quantiser sees that MatMul's
+    # weight as an activation and keeps it fp32. Readers take the initializer itself instead.
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    graph_outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in alias:
+                node.input[k] = alias[name]
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in graph_outputs)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    first_kind: dict[str, str] = {}
+    copies: dict[tuple[str, str], str] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            kind = first_kind.setdefault(name, node.op_type)
+            if kind == node.op_type:
+                continue
+            if (name, node.op_type) not in copies:
+                copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]), f"{name}.{node.op_type}")
+                model.graph.initializer.append(copy)
+                copies[(name, node.op_type)] = copy.name
+            node.input[k] = copies[(name, node.op_type)]
+    return model
+
+
+CONVERTERS = {"fp16": to_fp16, "int8": to_int8}
+
+
+def variant_file(file: str, precision: str) -> str:
+    return file.removesuffix(".onnx") + f".{precision}.onnx"
+
+
+def variant_graphs(out: Path, graphs: dict, precision: str) -> dict:
+    """Writes ``graphs`` at ``precision`` next to the fp32 ones; the variant's graph table."""
+    converted = {role: {**g, "file": variant_file(g["file"], precision)} for role, g in graphs.items()}
+    for role, g in graphs.items():
+        CONVERTERS[precision](out / g["file"], out / converted[role]["file"])
+    return converted
 
 
 def verify_images(url: str | None, count: int = 6) -> list[bytes]:
@@ -115,7 +195,7 @@ def verify_images(url: str | None, count: int = 6) -> list[bytes]:
 # --- captioner ----------------------------------------------------------------------------------
 
 
-def export_captioner(model, tok, out: Path, images: list[bytes], fp16: bool = False) -> tuple[dict, dict, dict | None]:
+def export_captioner(model, tok, out: Path, images: list[bytes], extra: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
     cfg = model.config.text_config
     n, heads = cfg.num_hidden_layers, cfg.num_attention_heads
     size = image_size(model)
@@ -147,7 +227,7 @@ def export_captioner(model, tok, out: Path, images: list[bytes], fp16: bool = Fa
     dyn.update({"logits": {0: "batch"}, **{k: {0: "batch", 2: "total"} for k in present_names}})
     _export(step, ex, out / "decoder.onnx", d_in, d_out, dyn)
     dec = _session(out / "decoder.onnx")
-    decoder_cases = []  # (label, feed, reference outputs), for the fp16 check
+    decoder_cases = []  # (label, feed, reference outputs), for the variants' checks
 
     def run_both(ids, pos, mask, past, cross, label):
         with torch.no_grad():
@@ -194,39 +274,39 @@ def export_captioner(model, tok, out: Path, images: list[bytes], fp16: bool = Fa
         "vision": {"file": "vision.onnx", "inputs": ["pixel_values"], "outputs": v_out},
         "decoder": {"file": "decoder.onnx", "inputs": d_in, "outputs": d_out},
     }
-    if not fp16:
-        return graphs, checks, None
+    return graphs, checks, {p: captioner_variant(out, tok, graphs, p, px, v_out, v_ref, d_out, decoder_cases, hf_caps) for p in extra}
 
-    graphs16 = {role: {**g, "file": fp16_file(g["file"])} for role, g in graphs.items()}
-    for role, g in graphs.items():
-        to_fp16(out / g["file"], out / graphs16[role]["file"])
-    tol = FP16_RELATIVE_TOLERANCE
-    v16 = _session(out / graphs16["vision"]["file"]).run(None, {"pixel_values": px.numpy()})
-    checks16 = {"vision": max(_check_relative(f"fp16 vision {name}", o, r, tol) for name, o, r in zip(v_out, v16, v_ref))}
-    dec16 = _session(out / graphs16["decoder"]["file"])
+
+def captioner_variant(out: Path, tok, graphs: dict, precision: str, px, v_out, v_ref, d_out, decoder_cases, hf_caps) -> dict:
+    """The captioner's graphs at ``precision``, checked against the fp32 export's PyTorch references."""
+    converted = variant_graphs(out, graphs, precision)
+    tol = RELATIVE_TOLERANCE[precision]
+    got = _session(out / converted["vision"]["file"]).run(None, {"pixel_values": px.numpy()})
+    checks = {"vision": max(_check_relative(f"{precision} vision {name}", o, r, tol) for name, o, r in zip(v_out, got, v_ref))}
+    dec = _session(out / converted["decoder"]["file"])
+
     def real_positions(name, x, feed):
-        # Cache entries of masked (left-padding) positions are never attended to; in fp16 they
-        # hold whatever the masked rows computed, so only real positions are compared.
+        # Cache entries of masked (left-padding) positions are never attended to; in a variant
+        # they hold whatever the masked rows computed, so only real positions are compared.
         if not name.startswith("present"):
             return np.asarray(x)
         mask = feed["attention_mask"].astype(bool)
         return np.concatenate([np.asarray(x)[b][:, mask[b]] for b in range(mask.shape[0])], axis=1)
 
-    checks16["decoder"] = max(
-        _check_relative(f"fp16 decoder {label} {name}", real_positions(name, g, feed), real_positions(name, r, feed), tol)
+    checks["decoder"] = max(
+        _check_relative(f"{precision} decoder {label} {name}", real_positions(name, g, feed), real_positions(name, r, feed), tol)
         for label, feed, ref in decoder_cases
-        for name, g, r in zip(d_out, dec16.run(None, feed), ref)
+        for name, g, r in zip(d_out, dec.run(None, feed), ref)
     )
-    caps16 = greedy_onnx(out, tok, px.numpy(), GENERATION["max_length"], GENERATION["min_length"],
-                         vision_file=graphs16["vision"]["file"], decoder_file=graphs16["decoder"]["file"])
-    same = sum(a == b for a, b in zip(caps16, hf_caps))
-    progress(f"[export] check fp16 greedy captions: {same} of {len(hf_caps)} identical to HF generate (fp32)")
-    variant = {
-        "graphs": graphs16,
-        "checks": {"relative_tolerance": tol, "max_relative_diff": checks16,
+    caps = greedy_onnx(out, tok, px.numpy(), GENERATION["max_length"], GENERATION["min_length"],
+                       vision_file=converted["vision"]["file"], decoder_file=converted["decoder"]["file"])
+    same = sum(a == b for a, b in zip(caps, hf_caps))
+    progress(f"[export] check {precision} greedy captions: {same} of {len(hf_caps)} identical to HF generate (fp32)")
+    return {
+        "graphs": converted,
+        "checks": {"relative_tolerance": tol, "max_relative_diff": checks,
                    "greedy_captions_equal": same, "greedy_captions_checked": len(hf_caps)},
     }
-    return graphs, checks, variant
 
 
 def strip_ids(ids: list[int], special: dict[str, int]) -> list[int]:
@@ -271,7 +351,7 @@ def greedy_onnx(bundle: Path, tok, pixels: np.ndarray, max_length: int, min_leng
 # --- filter -------------------------------------------------------------------------------------
 
 
-def export_filter(model, tok, out: Path, images: list[bytes], fp16: bool = False) -> tuple[dict, dict, dict | None]:
+def export_filter(model, tok, out: Path, images: list[bytes], extra: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
     special = toks.special_ids(tok)
     px = pixel_values(images, image_size(model))
     vision = FilterVision(model).eval()
@@ -307,29 +387,28 @@ def export_filter(model, tok, out: Path, images: list[bytes], fp16: bool = False
         "vision": {"file": "vision.onnx", "inputs": ["pixel_values"], "outputs": ["image_embeds"]},
         "itm": {"file": "itm.onnx", "inputs": ["image_embeds", "input_ids", "attention_mask"], "outputs": ["itm_logits", "itc_sim"]},
     }
-    if not fp16:
-        return graphs, checks, None
+    ref_logits, ref_sim = torch.stack(ref_logits).numpy(), torch.stack(ref_sim).numpy()
+    return graphs, checks, {p: filter_variant(out, graphs, p, px, emb, ids, mask, ref_logits, ref_sim) for p in extra}
 
-    graphs16 = {role: {**g, "file": fp16_file(g["file"])} for role, g in graphs.items()}
-    for role, g in graphs.items():
-        to_fp16(out / g["file"], out / graphs16[role]["file"])
-    tol = FP16_RELATIVE_TOLERANCE
-    emb16 = _session(out / graphs16["vision"]["file"]).run(None, {"pixel_values": px.numpy()})[0]
-    checks16 = {"vision": _check_relative("fp16 vision image_embeds", emb16, emb, tol)}
-    # The fp16 ITM graph on the fp16 vision graph's embeddings: the whole fp16 path, as a GPU worker runs it.
-    logits16, sim16 = _session(out / graphs16["itm"]["file"]).run(
-        None, {"image_embeds": emb16, "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-    ref_logits = torch.stack(ref_logits).numpy()
-    checks16["itm"] = max(_check_relative("fp16 itm logits", logits16, ref_logits, tol),
-                          _check_relative("fp16 itc sim", sim16, torch.stack(ref_sim), tol))
+
+def filter_variant(out: Path, graphs: dict, precision: str, px, emb, ids, mask, ref_logits, ref_sim) -> dict:
+    """The filter's graphs at ``precision``, checked against the fp32 export's PyTorch references."""
+    converted = variant_graphs(out, graphs, precision)
+    tol = RELATIVE_TOLERANCE[precision]
+    emb_v = _session(out / converted["vision"]["file"]).run(None, {"pixel_values": px.numpy()})[0]
+    checks = {"vision": _check_relative(f"{precision} vision image_embeds", emb_v, emb, tol)}
+    # The variant's ITM graph on the variant's vision embeddings: the whole path, as a worker runs it.
+    logits, sim = _session(out / converted["itm"]["file"]).run(
+        None, {"image_embeds": emb_v, "input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    checks["itm"] = max(_check_relative(f"{precision} itm logits", logits, ref_logits, tol),
+                        _check_relative(f"{precision} itc sim", sim, ref_sim, tol))
     prob = lambda l: 1.0 / (1.0 + np.exp(l[:, 0] - l[:, 1]))  # noqa: E731
-    prob_diff = float(np.max(np.abs(prob(np.asarray(logits16, np.float64)) - prob(ref_logits.astype(np.float64)))))
-    progress(f"[export] check fp16 ITM probability: max abs diff {prob_diff:.2e}")
-    variant = {
-        "graphs": graphs16,
-        "checks": {"relative_tolerance": tol, "max_relative_diff": checks16, "itm_prob_max_abs_diff": prob_diff},
+    prob_diff = float(np.max(np.abs(prob(np.asarray(logits, np.float64)) - prob(ref_logits.astype(np.float64)))))
+    progress(f"[export] check {precision} ITM probability: max abs diff {prob_diff:.2e}")
+    return {
+        "graphs": converted,
+        "checks": {"relative_tolerance": tol, "max_relative_diff": checks, "itm_prob_max_abs_diff": prob_diff},
     }
-    return graphs, checks, variant
 
 
 # --- bundle -------------------------------------------------------------------------------------
@@ -362,11 +441,11 @@ def export(args) -> Path:
     model = cls.from_pretrained(str(ckpt)).eval()
     images = verify_images(args.verify_images)
     try:
-        fp16 = "fp16" in args.precision
+        extra = tuple(p for p in args.precision if p != "fp32")
         if args.kind == "captioner":
-            graphs, checks, fp16_variant = export_captioner(model, tok, tmp, images, fp16)
+            graphs, checks, variants = export_captioner(model, tok, tmp, images, extra)
         else:
-            graphs, checks, fp16_variant = export_filter(model, tok, tmp, images, fp16)
+            graphs, checks, variants = export_filter(model, tok, tmp, images, extra)
     except ExportCheckFailed as e:
         print(f"error: export check failed: {e}", file=sys.stderr)
         sys.exit(1)
@@ -399,8 +478,8 @@ def export(args) -> Path:
             "train": train_record,
         },
     }
-    if fp16_variant is not None:
-        manifest["variants"] = {"fp16": fp16_variant}
+    if variants:
+        manifest["variants"] = variants
     if args.kind == "captioner":
         manifest["prompt"] = PROMPT
         manifest["generation"] = GENERATION

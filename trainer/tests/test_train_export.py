@@ -125,38 +125,46 @@ def test_seed_captioner_hf_generate_equals_onnx_only_greedy_on_real_photos():
     assert onnx_ids == [strip_ids(r.tolist(), special) for r in hf]
 
 
+# Per variant: the largest and the mean ITM probability difference from the fp32 graphs on the
+# same (image, web text) pairs, and the share of greedy captions that must equal fp32's. int8
+# moves a few texts near the decision boundary by up to 0.13 (README "Performance").
+VARIANT_TOLERANCES = {"fp16": (0.01, 0.01, 0.9), "int8": (0.3, 0.01, 0.9)}
+
+
 @needs_seed
-def test_fp16_variant_passes_its_check_and_the_worker_runs_it_close_to_fp32(tmp_path, bench):
-    """``export --precision fp32,fp16`` writes both graph sets with the fp16 check's figures in
-    bundle.json; ``capfilt infer --precision fp16`` loads the fp16 graphs (on the CPU here) and
-    its greedy captions and ITM probabilities stay close to the fp32 graphs'."""
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_a_variant_passes_its_check_and_the_worker_runs_it_close_to_fp32(tmp_path, bench, variant):
+    """``export --precision fp32,<variant>`` writes both graph sets with the variant check's
+    figures in bundle.json; ``capfilt infer --precision <variant>`` loads the variant's graphs (on
+    the CPU here) and its greedy captions and ITM probabilities stay close to the fp32 graphs'."""
     import pyarrow.parquet as pq
 
     from conftest import BIN
 
+    itm_tolerance, itm_mean_tolerance, caption_share = VARIANT_TOLERANCES[variant]
     bundles = {}
     for kind in ["captioner", "filter"]:
         ckpt = SEED_BUNDLES / kind / "checkpoint"
         out = tmp_path / kind
-        r = run_trainer("export", "--checkpoint", str(ckpt), "--kind", kind, "--out", str(out), "--precision", "fp16")
+        r = run_trainer("export", "--checkpoint", str(ckpt), "--kind", kind, "--out", str(out), "--precision", variant)
         assert r.returncode == 0, r.stderr
         manifest = assert_hashes_match(out)
-        assert manifest["precision"] == "fp32"
-        fp16 = manifest["variants"]["fp16"]
-        assert set(fp16["graphs"]) == set(manifest["graphs"])
-        for g in fp16["graphs"].values():
-            assert g["file"].endswith(".fp16.onnx") and g["file"] in manifest["files"]
-        checks = fp16["checks"]
+        assert manifest["precision"] == "fp32" and set(manifest["variants"]) == {variant}
+        graphs = manifest["variants"][variant]
+        assert set(graphs["graphs"]) == set(manifest["graphs"])
+        for g in graphs["graphs"].values():
+            assert g["file"].endswith(f".{variant}.onnx") and g["file"] in manifest["files"]
+        checks = graphs["checks"]
         assert 0 < max(checks["max_relative_diff"].values()) <= checks["relative_tolerance"], checks
         if kind == "captioner":
             assert checks["greedy_captions_checked"] >= 1
         else:
-            assert checks["itm_prob_max_abs_diff"] < 0.01
+            assert checks["itm_prob_max_abs_diff"] < itm_tolerance
         bundles[kind] = out
 
     eval_file = sorted((bench / "eval").glob("*.parquet"))[0]
     outputs = {}
-    for precision in ["fp32", "fp16"]:
+    for precision in ["fp32", variant]:
         out = tmp_path / f"out-{precision}"
         r = subprocess.run([BIN, "infer", "--captioner", str(bundles["captioner"]), "--filter", str(bundles["filter"]),
                             "--input", str(eval_file), "--output", str(out), "--decoding", "greedy",
@@ -166,17 +174,18 @@ def test_fp16_variant_passes_its_check_and_the_worker_runs_it_close_to_fp32(tmp_
         assert f"captioner_precision={precision}" in r.stderr and f"filter_precision={precision}" in r.stderr, r.stderr
         scored = pq.read_table(out / "scored").to_pylist()
         outputs[precision] = {(row["key"], row["origin"]): row for row in scored}
-    a, b = outputs["fp32"], outputs["fp16"]
+    a, b = outputs["fp32"], outputs[variant]
     web = [k for k in a if k[1] == "web"]
     synthetic = [k for k in a if k[1] == "synthetic"]
     assert web and synthetic and set(web) <= set(b)
-    # ITM probabilities of the same (image, web text): fp16 within 0.01 of fp32.
-    assert max(abs(a[k]["itm_prob"] - b[k]["itm_prob"]) for k in web) < 0.01
+    # ITM probabilities of the same (image, web text) close to fp32's.
+    diffs = [abs(a[k]["itm_prob"] - b[k]["itm_prob"]) for k in web]
+    assert max(diffs) < itm_tolerance and sum(diffs) / len(diffs) < itm_mean_tolerance, (max(diffs), sum(diffs) / len(diffs))
     # Greedy captions: the large majority identical.
     same = sum(a[k]["text"] == b.get(k, {}).get("text") for k in synthetic)
-    assert same >= 0.9 * len(synthetic), f"{same} of {len(synthetic)} greedy captions equal"
+    assert same >= caption_share * len(synthetic), f"{same} of {len(synthetic)} greedy captions equal"
 
 
 def test_precision_list_is_parsed_and_refused_clearly(tmp_path):
     r = run_trainer("export", "--checkpoint", str(tmp_path), "--kind", "filter", "--out", str(tmp_path / "b"), "--precision", "fp8")
-    assert r.returncode == 2 and "'fp8'" in r.stderr and "fp32 or fp16" in r.stderr
+    assert r.returncode == 2 and "'fp8'" in r.stderr and "fp32, fp16 or int8" in r.stderr

@@ -112,14 +112,18 @@ pub(crate) fn pick_precision(
     bundle: &Bundle,
     options: &SessionOptions,
 ) -> Result<Precision, EngineError> {
+    if let Some(why) = options.precision.refused_on(options.device) {
+        return Err(EngineError::Params(why));
+    }
     let available = bundle.precisions();
     options
         .precision
         .pick(options.device, &available)
         .ok_or_else(|| {
             EngineError::Params(format!(
-                "bundle {} has no {} graphs (it has {}); export it with `python -m capfilt_trainer export --precision fp32,fp16` or choose --precision auto",
+                "bundle {} has no {} graphs (it has {}); export it with `python -m capfilt_trainer export --precision fp32,{}` or choose --precision auto",
                 bundle.source,
+                options.precision,
                 options.precision,
                 available
                     .iter()

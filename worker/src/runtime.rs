@@ -431,14 +431,27 @@ impl std::str::FromStr for Optimization {
 /// Which of a bundle's graph precisions a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrecisionChoice {
-    /// fp16 graphs on a CUDA device when the bundle has them, else fp32.
+    /// fp16 graphs on a CUDA device when the bundle has them, else fp32 (never int8, whose
+    /// parity cost is the operator's choice).
     #[default]
     Auto,
-    /// Always these graphs (an error when the bundle lacks them).
+    /// Always these graphs (an error when the bundle lacks them, or for int8 on a CUDA device).
     Exactly(Precision),
 }
 
 impl PrecisionChoice {
+    /// Why this choice cannot run on `device`, if it cannot: ONNX Runtime runs the dynamically
+    /// quantised MatMuls of int8 graphs on the CPU only, and a CUDA session here refuses CPU
+    /// fallback.
+    pub fn refused_on(self, device: Device) -> Option<String> {
+        match (self, device) {
+            (PrecisionChoice::Exactly(Precision::Int8), Device::Cuda(n)) => Some(format!(
+                "int8 graphs are for CPU workers; on cuda:{n} choose --precision fp16, fp32 or auto"
+            )),
+            _ => None,
+        }
+    }
+
     /// The precision to load from a bundle that has `available` on `device`, or `None` when an
     /// exact choice is not there.
     pub fn pick(self, device: Device, available: &[Precision]) -> Option<Precision> {
@@ -474,7 +487,7 @@ impl std::str::FromStr for PrecisionChoice {
             _ => s
                 .parse()
                 .map(PrecisionChoice::Exactly)
-                .map_err(|_| format!("unknown precision '{s}': use auto, fp32 or fp16")),
+                .map_err(|_| format!("unknown precision '{s}': use auto, fp32, fp16 or int8")),
         }
     }
 }
@@ -538,4 +551,40 @@ pub struct SessionOptions {
     /// sessions' pools, and spinning threads took them away (a 20,000-row round on 2 cores ran
     /// 2.6x slower with it).
     pub spinning: bool,
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+
+    const ALL: [Precision; 3] = [Precision::Fp32, Precision::Fp16, Precision::Int8];
+
+    #[test]
+    fn auto_picks_fp16_on_cuda_only_and_never_int8() {
+        let auto = PrecisionChoice::Auto;
+        assert_eq!(auto.pick(Device::Cpu, &ALL), Some(Precision::Fp32));
+        assert_eq!(auto.refused_on(Device::Cuda(0)), None);
+        assert_eq!(auto.pick(Device::Cuda(0), &ALL), Some(Precision::Fp16));
+        assert_eq!(
+            auto.pick(Device::Cuda(0), &[Precision::Fp32, Precision::Int8]),
+            Some(Precision::Fp32)
+        );
+    }
+
+    #[test]
+    fn an_exact_choice_is_taken_only_when_the_bundle_has_it() {
+        let int8 = PrecisionChoice::Exactly(Precision::Int8);
+        assert_eq!(int8.pick(Device::Cpu, &ALL), Some(Precision::Int8));
+        assert_eq!(
+            int8.pick(Device::Cpu, &[Precision::Fp32, Precision::Fp16]),
+            None
+        );
+        assert_eq!("int8".parse(), Ok(int8));
+        assert_eq!(int8.refused_on(Device::Cpu), None);
+        let e = int8.refused_on(Device::Cuda(1)).expect("int8 is CPU only");
+        assert!(e.contains("cuda:1") && e.contains("fp16"), "{e}");
+        assert_eq!("auto".parse(), Ok(PrecisionChoice::Auto));
+        let e = "bf16".parse::<PrecisionChoice>().expect_err("unknown");
+        assert!(e.contains("'bf16'") && e.contains("int8"), "{e}");
+    }
 }

@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use capfilt_schemas::bundle::Precision;
 use capfilt_schemas::mapping::ColumnMapping;
 use capfilt_worker::engine::StepTimings;
 use capfilt_worker::infer::{prepare, read_rows};
@@ -55,10 +56,14 @@ struct Args {
     /// Device: cpu or cuda:N (capfilt needs the cuda feature; PyTorch runs on cuda too).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Graph precision: auto (fp16 on CUDA when the bundles have it), fp32 or fp16; the PyTorch
-    /// baseline runs in the same precision (fp16 weights and activations).
+    /// Graph precision: auto (fp16 on CUDA when the bundles have it), fp32, fp16 or int8 (CPU).
     #[arg(long, default_value = "auto")]
     precision: PrecisionChoice,
+    /// Precisions to run the PyTorch baseline in, comma-separated, each beside capfilt's: fp32,
+    /// fp16 (weights and activations; CUDA) or int8 (PyTorch's dynamic quantisation of every
+    /// Linear; CPU) [default: capfilt's precision].
+    #[arg(long, value_delimiter = ',')]
+    baseline: Vec<Precision>,
     /// Run the reference decoding path that copies the decoder state through host memory.
     #[arg(long)]
     host_decoding: bool,
@@ -73,7 +78,8 @@ struct Args {
 struct Measured {
     batch: usize,
     capfilt: f64,
-    torch: Option<f64>,
+    /// PyTorch's images/s, one per baseline precision.
+    torch: Vec<Option<f64>>,
     caption_ms: u128,
     filter_ms: u128,
     decode_ms: u128,
@@ -201,7 +207,7 @@ fn main() -> Result<()> {
         measured.push(Measured {
             batch: bs,
             capfilt: rows.len() as f64 / secs,
-            torch: None,
+            torch: Vec::new(),
             caption_ms: timings.caption.as_millis(),
             filter_ms: timings.filter.as_millis(),
             decode_ms,
@@ -212,7 +218,14 @@ fn main() -> Result<()> {
     let mut torch_draft: Option<(f64, f64, f64)> = None;
     let mut torch_decode_only = None;
     let mut torch_version = String::new();
-    if !args.no_baseline {
+    let baselines = if args.no_baseline {
+        Vec::new()
+    } else if args.baseline.is_empty() {
+        vec![precision]
+    } else {
+        args.baseline.clone()
+    };
+    for (i, dtype) in baselines.iter().enumerate() {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
         let sizes: Vec<String> = args
             .batch_sizes
@@ -232,16 +245,30 @@ fn main() -> Result<()> {
             .args(["--batch-sizes", &sizes.join(",")])
             .args(["--threads", &args.threads.to_string()])
             .args(["--device", &device])
-            .args(["--dtype", &precision.to_string()])
+            .args(["--dtype", &dtype.to_string()])
             .env("PYTHONWARNINGS", "ignore")
             .stderr(std::process::Stdio::inherit())
             .output()
             .with_context(|| format!("running {} {}", args.python.display(), script.display()))?;
         if !out.status.success() {
-            bail!("the PyTorch baseline failed ({})", out.status);
+            bail!("the PyTorch baseline ({dtype}) failed ({})", out.status);
         }
         let json: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("the PyTorch baseline printed no JSON")?;
+        for m in &mut measured {
+            m.torch.push(
+                json["step"]
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|s| s["batch_size"].as_u64() == Some(m.batch as u64))
+                    })
+                    .and_then(|s| s["images_per_second"].as_f64()),
+            );
+        }
+        if i > 0 {
+            continue; // preprocessing is the same in every precision: the first run's figures
+        }
         torch_decode = json["decode_images_per_second_per_core"].as_f64();
         torch_decode_only = json["decode_only_images_per_second_per_core"].as_f64();
         torch_draft = match (
@@ -253,15 +280,6 @@ fn main() -> Result<()> {
             _ => None,
         };
         torch_version = json["torch"].as_str().unwrap_or("?").to_string();
-        for m in &mut measured {
-            m.torch = json["step"]
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .find(|s| s["batch_size"].as_u64() == Some(m.batch as u64))
-                })
-                .and_then(|s| s["images_per_second"].as_f64());
-        }
     }
 
     let a = &cap.manifest.architecture;
@@ -283,18 +301,33 @@ fn main() -> Result<()> {
             ""
         }
     );
+    // One "pytorch img/s, ratio" pair of columns per baseline, named by its precision unless
+    // the only baseline runs in capfilt's own.
+    let torch_headers: Vec<String> = match baselines.as_slice() {
+        [] => vec!["pytorch img/s".into()],
+        [only] if *only == precision => vec!["pytorch img/s".into()],
+        many => many.iter().map(|d| format!("pytorch {d} img/s")).collect(),
+    };
+    let mut header = format!("{:>6} {:>16}", "batch", "capfilt img/s");
+    for h in &torch_headers {
+        header += &format!(" {h:>16} {:>7}", "ratio");
+    }
     println!(
-        "{:>6} {:>16} {:>16} {:>7}   {:>10} {:>10} {:>10}",
-        "batch", "capfilt img/s", "pytorch img/s", "ratio", "decode ms", "caption ms", "filter ms"
+        "{header}   {:>10} {:>10} {:>10}",
+        "decode ms", "caption ms", "filter ms"
     );
     for m in &measured {
-        let (torch, ratio) = match m.torch {
-            Some(t) => (format!("{t:.2}"), format!("{:.2}x", m.capfilt / t)),
-            None => ("-".into(), "-".into()),
-        };
+        let mut line = format!("{:>6} {:>16.2}", m.batch, m.capfilt);
+        for k in 0..torch_headers.len() {
+            let (torch, ratio) = match m.torch.get(k).copied().flatten() {
+                Some(t) => (format!("{t:.2}"), format!("{:.2}x", m.capfilt / t)),
+                None => ("-".into(), "-".into()),
+            };
+            line += &format!(" {torch:>16} {ratio:>7}");
+        }
         println!(
-            "{:>6} {:>16.2} {:>16} {:>7}   {:>10} {:>10} {:>10}",
-            m.batch, m.capfilt, torch, ratio, m.decode_ms, m.caption_ms, m.filter_ms
+            "{line}   {:>10} {:>10} {:>10}",
+            m.decode_ms, m.caption_ms, m.filter_ms
         );
     }
     print!("decode + resize + normalise, one core: capfilt {decode_ips:.0} img/s");
@@ -319,8 +352,14 @@ fn main() -> Result<()> {
         _ => println!(),
     }
     if !torch_version.is_empty() {
+        let dtypes = if baselines.as_slice() == [precision] {
+            String::new()
+        } else {
+            let d: Vec<String> = baselines.iter().map(ToString::to_string).collect();
+            format!(" ({})", d.join(", "))
+        };
         println!(
-            "baseline: torch {torch_version}, HF transformers generate (KV cache), same images and threads"
+            "baseline: torch {torch_version}{dtypes}, HF transformers generate (KV cache), same images and threads"
         );
     }
     Ok(())
