@@ -108,10 +108,11 @@ fn clip8(v: i32) -> u8 {
 /// `width * out_h < out_w * height`, horizontal first otherwise (ties included).
 ///
 /// The arithmetic is Pillow's exactly (22-bit coefficients, 32-bit integer sums, the same
-/// rounding and clamping), laid out so that the compiler vectorises it: the horizontal pass
-/// reads each row as three planes, so every output value is a dot product of contiguous
-/// 32-bit lanes; the vertical pass accumulates whole rows. On x86-64 CPUs with AVX2 (checked
-/// at run time) the same code is compiled for 8 lanes.
+/// rounding and clamping), laid out so that it vectorises: the vertical pass accumulates whole
+/// rows. On x86-64 CPUs with AVX2 (checked at run time) the code is compiled for 8 lanes and the
+/// horizontal pass computes eight rows at once, one row per lane (`horizontal_avx2`);
+/// elsewhere it reads each row as three planes, so every output value is a dot product of
+/// contiguous lanes.
 pub fn resize_rgb8(
     src: &[u8],
     width: usize,
@@ -135,8 +136,7 @@ pub fn resize_rgb8(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(unsafe_code)]
-unsafe fn resize_avx2(
+fn resize_avx2(
     src: &[u8],
     width: usize,
     height: usize,
@@ -144,7 +144,9 @@ unsafe fn resize_avx2(
     out_h: usize,
     filter: Filter,
 ) -> Vec<u8> {
-    resize_impl(src, width, height, out_w, out_h, filter)
+    resize_impl(src, width, height, out_w, out_h, filter, |s, w, h, ow| {
+        horizontal_avx2(s, w, h, ow, filter)
+    })
 }
 
 fn resize_portable(
@@ -155,9 +157,13 @@ fn resize_portable(
     out_h: usize,
     filter: Filter,
 ) -> Vec<u8> {
-    resize_impl(src, width, height, out_w, out_h, filter)
+    resize_impl(src, width, height, out_w, out_h, filter, |s, w, h, ow| {
+        horizontal(s, w, h, ow, filter)
+    })
 }
 
+/// The two passes in Pillow's order, with `horizontal(src, width, height, out_w)` as the
+/// horizontal one.
 #[inline(always)]
 fn resize_impl(
     src: &[u8],
@@ -166,19 +172,20 @@ fn resize_impl(
     out_w: usize,
     out_h: usize,
     filter: Filter,
+    horizontal: impl Fn(&[u8], usize, usize, usize) -> Vec<u8>,
 ) -> Vec<u8> {
     let need_h = out_w != width;
     let need_v = out_h != height;
     match (need_h, need_v) {
         (false, false) => src.to_vec(),
-        (true, false) => horizontal(src, width, height, out_w, filter),
+        (true, false) => horizontal(src, width, height, out_w),
         (false, true) => vertical(src, width, height, out_h, filter),
         (true, true) => {
             if width * out_h < out_w * height {
                 let tmp = vertical(src, width, height, out_h, filter);
-                horizontal(&tmp, width, out_h, out_w, filter)
+                horizontal(&tmp, width, out_h, out_w)
             } else {
-                let tmp = horizontal(src, width, height, out_w, filter);
+                let tmp = horizontal(src, width, height, out_w);
                 vertical(&tmp, out_w, height, out_h, filter)
             }
         }
@@ -239,6 +246,126 @@ fn horizontal(src: &[u8], width: usize, height: usize, out_w: usize, filter: Fil
             for (ch, v) in px.iter_mut().enumerate() {
                 let start = ch * plane_len + xmin;
                 *v = clip8(half.wrapping_add(dot(&planes[start..start + kpad], k)));
+            }
+        }
+    }
+    out
+}
+
+/// Rows [`horizontal_avx2`] computes at once: one 32-bit lane per row.
+const ROWS: usize = 8;
+
+/// Transposes an 8x8 block of bytes held as eight little-endian words (word `r` holds row `r`,
+/// its byte `k` column `k`): word `k` of the result holds column `k`, its byte `r` row `r`.
+/// Twelve SSE2 interleaves of bytes, then pairs, then quadruples, all in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose8(a: [u64; 8]) -> [u64; 8] {
+    use std::arch::x86_64::{
+        _mm_cvtsi64_si128, _mm_cvtsi128_si64, _mm_extract_epi64, _mm_unpackhi_epi16,
+        _mm_unpackhi_epi32, _mm_unpacklo_epi8, _mm_unpacklo_epi16, _mm_unpacklo_epi32,
+    };
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = a.map(|w| _mm_cvtsi64_si128(w as i64));
+    let (t0, t1) = (_mm_unpacklo_epi8(r0, r1), _mm_unpacklo_epi8(r2, r3));
+    let (t2, t3) = (_mm_unpacklo_epi8(r4, r5), _mm_unpacklo_epi8(r6, r7));
+    let (u0, u1) = (_mm_unpacklo_epi16(t0, t1), _mm_unpackhi_epi16(t0, t1));
+    let (u2, u3) = (_mm_unpacklo_epi16(t2, t3), _mm_unpackhi_epi16(t2, t3));
+    // Each result holds two whole columns.
+    let (v0, v1) = (_mm_unpacklo_epi32(u0, u2), _mm_unpackhi_epi32(u0, u2));
+    let (v2, v3) = (_mm_unpacklo_epi32(u1, u3), _mm_unpackhi_epi32(u1, u3));
+    let lo = |v| _mm_cvtsi128_si64(v) as u64;
+    let hi = |v| _mm_extract_epi64::<1>(v) as u64;
+    [
+        lo(v0),
+        hi(v0),
+        lo(v1),
+        hi(v1),
+        lo(v2),
+        hi(v2),
+        lo(v3),
+        hi(v3),
+    ]
+}
+
+/// The horizontal pass on AVX2, [`ROWS`] rows at a time. Each block of rows is transposed in 8x8
+/// byte tiles, so that `columns[j]` holds byte `j` of the packed RGB rows (channel `j % 3` of
+/// pixel `j / 3`) of all the block's rows, one byte per row; an output value of all of them is
+/// then `Σ weight * column` over the kernel's taps, one multiply-add of eight 32-bit lanes per
+/// tap, with no padding taps and no horizontal sums (the layout the vertical pass has
+/// naturally). The results are packed to bytes and transposed back the same way. The sums are
+/// Pillow's, in wrapping 32-bit arithmetic (as C's `int` in Pillow, where they never overflow),
+/// so the order of the additions does not matter.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn horizontal_avx2(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    out_w: usize,
+    filter: Filter,
+) -> Vec<u8> {
+    use std::arch::x86_64::{
+        _mm_cvtsi64_si128, _mm256_add_epi32, _mm256_cvtepu8_epi32, _mm256_extract_epi32,
+        _mm256_mullo_epi32, _mm256_packs_epi32, _mm256_packus_epi16, _mm256_set1_epi32,
+        _mm256_srai_epi32,
+    };
+    let c = coefficients(width, out_w, filter);
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let (in_stride, out_stride) = (width * 3, out_w * 3);
+    let mut out = vec![0u8; out_stride * height];
+    // Whole tiles: byte rows are padded to a multiple of 8 (the padding is never read).
+    let mut columns = vec![0u64; in_stride.div_ceil(8) * 8];
+    let mut block = vec![0u64; out_stride.div_ceil(8) * 8];
+    for y0 in (0..height).step_by(ROWS) {
+        let rows = ROWS.min(height - y0);
+        for (j0, dst) in (0..in_stride).step_by(8).zip(columns.chunks_exact_mut(8)) {
+            let n = 8.min(in_stride - j0);
+            let word = |r: usize| -> u64 {
+                let at = (y0 + r) * in_stride + j0;
+                if r >= rows {
+                    0
+                } else if n == 8 {
+                    src.get(at..at + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_le_bytes)
+                } else {
+                    let mut bytes = [0u8; 8];
+                    bytes[..n].copy_from_slice(&src[at..at + n]);
+                    u64::from_le_bytes(bytes)
+                }
+            };
+            dst.copy_from_slice(&transpose8(std::array::from_fn(word)));
+        }
+        for (xx, &(xmin, count)) in c.bounds.iter().enumerate() {
+            let k = &c.weights[xx * c.ksize..xx * c.ksize + count];
+            for ch in 0..3 {
+                let taps = columns[xmin * 3 + ch..].iter().step_by(3);
+                let mut acc = _mm256_set1_epi32(half);
+                for (&w, &col) in k.iter().zip(taps) {
+                    let v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(col as i64));
+                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(w)));
+                }
+                // clip8 on every lane: shift, then saturate to i16 and to u8 (0..=255); each
+                // 128-bit half keeps its four bytes in its low 32 bits.
+                let shifted = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(acc);
+                let words = _mm256_packs_epi32(shifted, shifted);
+                let bytes = _mm256_packus_epi16(words, words);
+                let lo = _mm256_extract_epi32::<0>(bytes) as u32;
+                let hi = _mm256_extract_epi32::<4>(bytes) as u32;
+                block[xx * 3 + ch] = u64::from(lo) | (u64::from(hi) << 32);
+            }
+        }
+        for (j0, results) in (0..out_stride).step_by(8).zip(block.chunks_exact(8)) {
+            let n = 8.min(out_stride - j0);
+            let tile = transpose8(std::array::from_fn(|k| results[k]));
+            for (r, word) in tile.iter().enumerate().take(rows) {
+                let at = (y0 + r) * out_stride + j0;
+                if n == 8 {
+                    out[at..at + 8].copy_from_slice(&word.to_le_bytes());
+                } else {
+                    out[at..at + n].copy_from_slice(&word.to_le_bytes()[..n]);
+                }
             }
         }
     }
@@ -416,6 +543,23 @@ mod tests {
                     "portable {w}x{h} -> {ow}x{oh}"
                 );
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose8_swaps_rows_and_columns() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let rows: [[u8; 8]; 8] =
+            std::array::from_fn(|r| std::array::from_fn(|k| (r * 8 + k) as u8));
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX2, checked above.
+        let words = unsafe { transpose8(rows.map(u64::from_le_bytes)) };
+        for (k, w) in words.iter().enumerate() {
+            let column: [u8; 8] = std::array::from_fn(|r| rows[r][k]);
+            assert_eq!(w.to_le_bytes(), column, "column {k}");
         }
     }
 
