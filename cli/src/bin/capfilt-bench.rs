@@ -11,9 +11,10 @@
 //! Per batch size: images/s of decode + preprocess + one nucleus-sampled caption + ITM/ITC on the
 //! web text and the synthetic caption. Decoding runs on the calling thread in both (the worker's
 //! decode pool overlapping inference is left out, so the comparison is of the same work).
-//! Also: decode + bicubic resize + normalise images/s on one core, against Pillow + numpy, and
-//! the same with DCT-domain downscaling of large JPEGs (`--jpeg-draft`, against Pillow's
-//! `draft`), with how far each draft path's model input is from the full decode's.
+//! Also: decode + bicubic resize + normalise images/s on one core, against Pillow + numpy, then
+//! the decode alone and the resize + normalise alone (on images decoded beforehand), and the
+//! whole with DCT-domain downscaling of large JPEGs (`--jpeg-draft`, against Pillow's `draft`),
+//! with how far each draft path's model input is from the full decode's.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -144,6 +145,23 @@ fn main() -> Result<()> {
         }
     }
     let decode_only_ips = decoded_only as f64 / t.elapsed().as_secs_f64();
+    // Resize + normalise alone, on images decoded beforehand.
+    let images: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.image.as_ref())
+        .filter_map(|b| capfilt_worker::preprocess::decode_rgb(b, &limits).ok())
+        .collect();
+    let side = cap_pre.image_size as usize;
+    let mut pixels = vec![0f32; 3 * side * side];
+    let t = Instant::now();
+    let mut resized = 0usize;
+    while !images.is_empty() && t.elapsed().as_secs_f64() < 1.0 {
+        for image in &images {
+            capfilt_worker::preprocess::pixel_values_into(image, &cap_pre, &mut pixels);
+            resized += 1;
+        }
+    }
+    let resize_only_ips = resized as f64 / t.elapsed().as_secs_f64();
     let draft_limits = ImageLimits {
         jpeg_draft: true,
         ..limits
@@ -217,6 +235,7 @@ fn main() -> Result<()> {
     let mut torch_decode = None;
     let mut torch_draft: Option<(f64, f64, f64)> = None;
     let mut torch_decode_only = None;
+    let mut torch_resize_only = None;
     let mut torch_version = String::new();
     let baselines = if args.no_baseline {
         Vec::new()
@@ -271,6 +290,7 @@ fn main() -> Result<()> {
         }
         torch_decode = json["decode_images_per_second_per_core"].as_f64();
         torch_decode_only = json["decode_only_images_per_second_per_core"].as_f64();
+        torch_resize_only = json["resize_only_images_per_second_per_core"].as_f64();
         torch_draft = match (
             json["draft_images_per_second_per_core"].as_f64(),
             json["draft_max_abs_diff"].as_f64(),
@@ -338,6 +358,16 @@ fn main() -> Result<()> {
     print!("  decode alone: capfilt {decode_only_ips:.0} img/s");
     match torch_decode_only {
         Some(p) => println!(", Pillow {p:.0} img/s ({:.2}x)", decode_only_ips / p),
+        None => println!(),
+    }
+    print!(
+        "  resize + normalise alone (images decoded beforehand): capfilt {resize_only_ips:.0} img/s"
+    );
+    match torch_resize_only {
+        Some(p) => println!(
+            ", Pillow + numpy {p:.0} img/s ({:.2}x)",
+            resize_only_ips / p
+        ),
         None => println!(),
     }
     print!(
