@@ -7,7 +7,7 @@
 #   scripts/make-base-bundles.sh OUT [PRECISIONS]     # fp32 (default), or e.g. fp32,fp16,int8
 #
 # Makes OUT/captioner and OUT/filter; a synthetic benchmark split under OUT/data gives the
-# tokenizer its text and the export check its images. About 2 minutes on 2 cores for fp32, 7 with
+# tokenizer its text and the export check its images. About 2 minutes on 2 cores for fp32, 3 with
 # fp32,int8 (2026-12-07).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

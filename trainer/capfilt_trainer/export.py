@@ -7,8 +7,8 @@ included) and, for a captioner, identical greedy captions from an ONNX-only loop
 bundle.json): the fp32 graphs converted by ONNX Runtime's float16 converter with fp32 inputs and
 outputs kept (so the worker feeds and reads them exactly as the fp32 ones). ``--precision int8``
 adds one for CPU workers (``variants.int8``): ONNX Runtime's dynamic quantisation of every
-MatMul with a constant weight (int8 weights, per output channel; activations quantised per
-tensor at run time; attention's activation-by-activation MatMuls and everything else stay fp32),
+MatMul with a constant weight (int8 weights in a 7-bit range, per output channel; activations
+quantised per tensor at run time; attention's activation-by-activation MatMuls and everything else stay fp32),
 which ONNX Runtime runs with VNNI dot products where the CPU has them. Each variant is checked
 against the same PyTorch fp32 references with the relative tolerance recorded next to it; the
 captioner's check also records how many greedy captions of the variant equal HF ``generate``'s,
@@ -99,9 +99,9 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def to_int8(src: Path, dst: Path) -> None:
-    """``src`` with every MatMul by a constant weight dynamically quantised: int8 weights with a
-    scale per output channel, activations quantised per tensor at run time (uint8), so inputs and
-    outputs stay float32. MatMuls of two activations (attention scores and their weighted sum)
+    """``src`` with every MatMul by a constant weight dynamically quantised: int8 weights (7-bit
+    range) with a scale per output channel, activations quantised per tensor at run time (uint8),
+    so inputs and outputs stay float32. MatMuls of two activations (attention scores and their weighted sum)
     stay fp32, as do embeddings, LayerNorm and softmax."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -114,7 +114,11 @@ def to_int8(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(untied), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+        # 7-bit weights (reduce_range): on x86 CPUs without VNNI, ONNX Runtime multiplies uint8
+        # activations by int8 weights with VPMADDUBSW, whose 16-bit pair sums saturate with 8-bit
+        # weights; a bundle runs on whatever CPU a worker has. On the seed bundles this costs
+        # nothing measurable against 8-bit weights (README "int8 graphs for CPU workers").
+        quantize_dynamic(str(untied), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                          op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)

@@ -127,7 +127,7 @@ def test_seed_captioner_hf_generate_equals_onnx_only_greedy_on_real_photos():
 
 # Per variant: the largest and the mean ITM probability difference from the fp32 graphs on the
 # same (image, web text) pairs, and the share of greedy captions that must equal fp32's. int8
-# moves a few texts near the decision boundary by up to 0.16 (README "Performance").
+# moves a few texts near the decision boundary by up to 0.17 (README "Performance").
 VARIANT_TOLERANCES = {"fp16": (0.01, 0.01, 0.9), "int8": (0.3, 0.01, 0.9)}
 
 
