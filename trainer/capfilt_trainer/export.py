@@ -8,8 +8,8 @@ bundle.json): the fp32 graphs converted by ONNX Runtime's float16 converter with
 outputs kept (so the worker feeds and reads them exactly as the fp32 ones). ``--precision int8``
 adds one for CPU workers (``variants.int8``): ONNX Runtime's dynamic quantisation of every
 MatMul with a constant weight (int8 weights in a 7-bit range, per output channel; activations
-quantised per tensor at run time; attention's activation-by-activation MatMuls and everything else stay fp32),
-which ONNX Runtime runs with VNNI dot products where the CPU has them. Each variant is checked
+quantised per tensor at run time; attention's activation-by-activation MatMuls and everything
+else stay fp32), which ONNX Runtime runs with VNNI dot products where the CPU has them. Each variant is checked
 against the same PyTorch fp32 references with the relative tolerance recorded next to it; the
 captioner's check also records how many greedy captions of the variant equal HF ``generate``'s,
 the filter's the largest ITM probability difference."""
@@ -85,7 +85,7 @@ def _check_relative(name: str, got, want, tolerance: float) -> float:
     rel = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6))
     progress(f"[export] check {name}: max abs diff / max |ref| {rel:.2e}")
     if not rel <= tolerance:
-        raise ExportCheckFailed(f"{name}: the {precision} graph differs from PyTorch fp32 by {rel:.3e} of the output's range > {tolerance}")
+        raise ExportCheckFailed(f"{name}: the {precision} graph differs from PyTorch fp32 by {rel:.3e} of the output's largest absolute value > {tolerance}")
     return rel
 
 
@@ -101,8 +101,8 @@ def to_fp16(src: Path, dst: Path) -> None:
 def to_int8(src: Path, dst: Path) -> None:
     """``src`` with every MatMul by a constant weight dynamically quantised: int8 weights (7-bit
     range) with a scale per output channel, activations quantised per tensor at run time (uint8),
-    so inputs and outputs stay float32. MatMuls of two activations (attention scores and their weighted sum)
-    stay fp32, as do embeddings, LayerNorm and softmax."""
+    so inputs and outputs stay float32. MatMuls of two activations (attention scores and their
+    weighted sum) stay fp32, as do embeddings, LayerNorm and softmax."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -127,8 +127,8 @@ def to_int8(src: Path, dst: Path) -> None:
 
 def untie_weights(model):
     """``model`` with weights passed on by Identity nodes read directly, and each initializer that
-    nodes of different kinds read given one copy per kind after the first. The captioner's LM head (a Gemm) reads the word-embedding matrix its
-    Gather reads; ONNX Runtime's quantiser rewrites a weight in place for its MatMul, which would
+    nodes of different kinds read given one copy per kind after the first. The captioner's LM
+    head (a Gemm) reads the word-embedding matrix its Gather reads; ONNX Runtime's quantiser rewrites a weight in place for its MatMul, which would
     hand the Gather a transposed int8 matrix. Readers of one kind keep sharing (the quantiser
     quantises a weight that several MatMuls read once)."""
     from onnx import numpy_helper

@@ -244,17 +244,17 @@ fn main() -> Result<()> {
     } else {
         args.baseline.clone()
     };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
+    let sizes: Vec<String> = args
+        .batch_sizes
+        .iter()
+        .map(|b| b.max(&1).to_string())
+        .collect();
+    let device = match args.device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(n) => format!("cuda:{n}"),
+    };
     for (i, dtype) in baselines.iter().enumerate() {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
-        let sizes: Vec<String> = args
-            .batch_sizes
-            .iter()
-            .map(|b| b.max(&1).to_string())
-            .collect();
-        let device = match args.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(n) => format!("cuda:{n}"),
-        };
         let out = Command::new(&args.python)
             .arg(&script)
             .args(["--captioner", &args.captioner.display().to_string()])

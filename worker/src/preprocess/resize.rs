@@ -253,6 +253,7 @@ fn horizontal(src: &[u8], width: usize, height: usize, out_w: usize, filter: Fil
 }
 
 /// Rows [`horizontal_avx2`] computes at once: one 32-bit lane per row.
+#[cfg(target_arch = "x86_64")]
 const ROWS: usize = 8;
 
 /// Transposes an 8x8 block of bytes held as eight little-endian words (word `r` holds row `r`,
