@@ -22,9 +22,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use capfilt_schemas::bundle::Precision;
+use capfilt_schemas::bundle::Preprocessing;
 use capfilt_schemas::mapping::ColumnMapping;
 use capfilt_worker::engine::StepTimings;
 use capfilt_worker::infer::{prepare, read_rows};
+use capfilt_worker::input::InputRow;
 use capfilt_worker::preprocess::ImageLimits;
 use capfilt_worker::{
     Bundle, Device, Engine, GenerationParams, Optimization, OrtConfig, OrtRuntime, PrecisionChoice,
@@ -74,10 +76,18 @@ struct Args {
     /// Skip the PyTorch baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Each preprocessing figure (both runtimes) is the best of this many one-second windows,
+    /// the measurements taking turns.
+    #[arg(long, default_value_t = 5)]
+    windows: usize,
+    /// Measure the preprocessing lines only: no model is loaded or run, on either side.
+    #[arg(long)]
+    preprocess_only: bool,
 }
 
 struct Measured {
     batch: usize,
+    images: usize,
     capfilt: f64,
     /// PyTorch's images/s, one per baseline precision.
     torch: Vec<Option<f64>>,
@@ -95,86 +105,16 @@ fn main() -> Result<()> {
     }
     let cap = Bundle::open(&args.captioner)?;
     let fil = Bundle::open(&args.filter)?;
-    let rt = OrtRuntime::init(&OrtConfig {
-        library: None,
-        gpu: matches!(args.device, Device::Cuda(_)),
-    })?;
-    let session = SessionOptions {
-        device: args.device,
-        intra_threads: Some(args.threads),
-        optimization: Optimization::All,
-        precision: args.precision,
-        host_decoding: args.host_decoding,
-        ..SessionOptions::default()
-    };
-    let generation = cap
-        .manifest
-        .generation
-        .as_ref()
-        .map(GenerationParams::from_bundle)
-        .unwrap_or_default();
-    let params = StepParams {
-        generation,
-        ..StepParams::default()
-    };
-    let mut engine = Engine::load(rt, &cap, &fil, &session, params)?;
-    let precision = engine.captioner.precision();
     let limits = ImageLimits::default();
-    let cap_pre = engine.captioner.preprocessing().clone();
-    let fil_pre = (!engine.shared_pixels()).then(|| engine.filter.preprocessing().clone());
+    let cap_pre = cap.manifest.preprocessing.clone();
+    let fil_pre =
+        (fil.manifest.preprocessing != cap_pre).then(|| fil.manifest.preprocessing.clone());
 
-    // Decode + resize + normalise on one core.
-    let t = Instant::now();
-    let mut decoded = 0usize;
-    while t.elapsed().as_secs_f64() < 1.0 {
-        for r in &rows {
-            let _ = prepare(r, &cap_pre, None, &limits);
-            decoded += 1;
-        }
-    }
-    let decode_ips = decoded as f64 / t.elapsed().as_secs_f64();
-    // Decode alone (the JPEG/PNG decoder's share).
-    let t = Instant::now();
-    let mut decoded_only = 0usize;
-    while t.elapsed().as_secs_f64() < 1.0 {
-        for r in &rows {
-            if let Some(bytes) = &r.image {
-                let _ = capfilt_worker::preprocess::decode_rgb(bytes, &limits);
-            }
-            decoded_only += 1;
-        }
-    }
-    let decode_only_ips = decoded_only as f64 / t.elapsed().as_secs_f64();
-    // Resize + normalise alone, on images decoded beforehand.
-    let images: Vec<_> = rows
-        .iter()
-        .filter_map(|r| r.image.as_ref())
-        .filter_map(|b| capfilt_worker::preprocess::decode_rgb(b, &limits).ok())
-        .collect();
-    let side = cap_pre.image_size as usize;
-    let mut pixels = vec![0f32; 3 * side * side];
-    let t = Instant::now();
-    let mut resized = 0usize;
-    while !images.is_empty() && t.elapsed().as_secs_f64() < 1.0 {
-        for image in &images {
-            capfilt_worker::preprocess::pixel_values_into(image, &cap_pre, &mut pixels);
-            resized += 1;
-        }
-    }
-    let resize_only_ips = resized as f64 / t.elapsed().as_secs_f64();
+    let rates = preprocessing_rates(&rows, &cap_pre, &limits, args.windows);
     let draft_limits = ImageLimits {
         jpeg_draft: true,
         ..limits
     };
-    let t = Instant::now();
-    let mut decoded = 0usize;
-    while t.elapsed().as_secs_f64() < 1.0 {
-        for r in &rows {
-            let _ = prepare(r, &cap_pre, None, &draft_limits);
-            decoded += 1;
-        }
-    }
-    let draft_ips = decoded as f64 / t.elapsed().as_secs_f64();
     let (mut draft_max, mut draft_sum, mut draft_n) = (0f32, 0f64, 0usize);
     for r in &rows {
         if let (Ok(full), Ok(draft)) = (
@@ -190,60 +130,29 @@ fn main() -> Result<()> {
     }
     let draft_mean = draft_sum / draft_n.max(1) as f64;
 
-    let mut measured = Vec::new();
-    for &bs in &args.batch_sizes {
-        let bs = bs.max(1);
-        let mut timings = StepTimings::default();
-        let run = |engine: &mut Engine,
-                   part: &[capfilt_worker::input::InputRow],
-                   timings: &mut StepTimings|
-         -> Result<u128> {
-            let t = Instant::now();
-            let prepared: Vec<_> = part
-                .iter()
-                .filter_map(|r| prepare(r, &cap_pre, fil_pre.as_ref(), &limits).ok())
-                .collect();
-            let decode = t.elapsed().as_millis();
-            engine.run(&prepared, timings)?;
-            Ok(decode)
-        };
-        run(
-            &mut engine,
-            &rows[..bs.min(rows.len())],
-            &mut StepTimings::default(),
-        )?; // warm-up
-        let t = Instant::now();
-        let mut decode_ms = 0;
-        for part in rows.chunks(bs) {
-            decode_ms += run(&mut engine, part, &mut timings)?;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!(
-            "[capfilt] batch {bs}: {:.2} images/s",
-            rows.len() as f64 / secs
-        );
-        measured.push(Measured {
-            batch: bs,
-            capfilt: rows.len() as f64 / secs,
-            torch: Vec::new(),
-            caption_ms: timings.caption.as_millis(),
-            filter_ms: timings.filter.as_millis(),
-            decode_ms,
-        });
-    }
+    let (precision, mut measured) = if args.preprocess_only {
+        (None, Vec::new())
+    } else {
+        let (precision, measured) = measure_steps(&args, &rows, &cap, &fil, fil_pre.as_ref())?;
+        (Some(precision), measured)
+    };
 
     let mut torch_decode = None;
     let mut torch_draft: Option<(f64, f64, f64)> = None;
     let mut torch_decode_only = None;
     let mut torch_resize_only = None;
     let mut torch_version = String::new();
-    let baselines = if args.no_baseline {
+    let mut heap_kept = false;
+    let mut baselines = if args.no_baseline {
         Vec::new()
     } else if args.baseline.is_empty() {
-        vec![precision]
+        vec![precision.unwrap_or(Precision::Fp32)]
     } else {
         args.baseline.clone()
     };
+    if args.preprocess_only {
+        baselines.truncate(1); // preprocessing is the same in every precision
+    }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_hf.py");
     let sizes: Vec<String> = args
         .batch_sizes
@@ -265,6 +174,8 @@ fn main() -> Result<()> {
             .args(["--threads", &args.threads.to_string()])
             .args(["--device", &device])
             .args(["--dtype", &dtype.to_string()])
+            .args(["--windows", &args.windows.to_string()])
+            .args(args.preprocess_only.then_some("--preprocess-only"))
             .env("PYTHONWARNINGS", "ignore")
             .stderr(std::process::Stdio::inherit())
             .output()
@@ -300,57 +211,29 @@ fn main() -> Result<()> {
             _ => None,
         };
         torch_version = json["torch"].as_str().unwrap_or("?").to_string();
+        heap_kept = json["heap_kept"].as_bool().unwrap_or(false);
     }
 
-    let a = &cap.manifest.architecture;
-    println!(
-        "CapFilt step: {} images of {}, captioner {} (vision {}x{} px/{} patches, text {}x{}), {} threads, {}, {precision}{}",
-        rows.len(),
-        args.data.display(),
-        cap.manifest.name,
-        cap.manifest.preprocessing.image_size,
-        cap.manifest.preprocessing.image_size,
-        a.patch_size,
-        a.text_layers,
-        a.text_hidden_size,
-        args.threads,
-        args.device,
-        if args.host_decoding {
-            ", host decoding"
-        } else {
-            ""
-        }
-    );
-    // One "pytorch img/s, ratio" pair of columns per baseline, named by its precision unless
-    // the only baseline runs in capfilt's own.
-    let torch_headers: Vec<String> = match baselines.as_slice() {
-        [] => vec!["pytorch img/s".into()],
-        [only] if *only == precision => vec!["pytorch img/s".into()],
-        many => many.iter().map(|d| format!("pytorch {d} img/s")).collect(),
-    };
-    let mut header = format!("{:>6} {:>16}", "batch", "capfilt img/s");
-    for h in &torch_headers {
-        header += &format!(" {h:>16} {:>7}", "ratio");
+    let size = cap_pre.image_size;
+    match precision {
+        Some(precision) => print_steps(&args, &cap, precision, &baselines, &measured),
+        None => println!(
+            "Preprocessing: {} images of {}, captioner {}'s input {size}x{size} px",
+            rows.len(),
+            args.data.display(),
+            cap.manifest.name,
+        ),
     }
-    println!(
-        "{header}   {:>10} {:>10} {:>10}",
-        "decode ms", "caption ms", "filter ms"
+    let PreprocessingRates {
+        decode: decode_ips,
+        decode_only: decode_only_ips,
+        resize_only: resize_only_ips,
+        draft: draft_ips,
+    } = rates;
+    print!(
+        "decode + resize + normalise, one core, best of {} one-second windows: capfilt {decode_ips:.0} img/s",
+        args.windows.max(1)
     );
-    for m in &measured {
-        let mut line = format!("{:>6} {:>16.2}", m.batch, m.capfilt);
-        for k in 0..torch_headers.len() {
-            let (torch, ratio) = match m.torch.get(k).copied().flatten() {
-                Some(t) => (format!("{t:.2}"), format!("{:.2}x", m.capfilt / t)),
-                None => ("-".into(), "-".into()),
-            };
-            line += &format!(" {torch:>16} {ratio:>7}");
-        }
-        println!(
-            "{line}   {:>10} {:>10} {:>10}",
-            m.decode_ms, m.caption_ms, m.filter_ms
-        );
-    }
-    print!("decode + resize + normalise, one core: capfilt {decode_ips:.0} img/s");
     match torch_decode {
         Some(p) => println!(", Pillow + numpy {p:.0} img/s ({:.2}x)", decode_ips / p),
         None => println!(),
@@ -382,15 +265,248 @@ fn main() -> Result<()> {
         _ => println!(),
     }
     if !torch_version.is_empty() {
-        let dtypes = if baselines.as_slice() == [precision] {
+        let dtypes = if precision.is_none() || baselines.as_slice() == precision.as_slice() {
             String::new()
         } else {
             let d: Vec<String> = baselines.iter().map(ToString::to_string).collect();
             format!(" ({})", d.join(", "))
         };
-        println!(
-            "baseline: torch {torch_version}{dtypes}, HF transformers generate (KV cache), same images and threads"
-        );
+        let steps = if precision.is_some() {
+            ", HF transformers generate (KV cache), same images and threads"
+        } else {
+            ""
+        };
+        let heap = if heap_kept {
+            "; Pillow's process keeps freed memory (glibc's mmap and trim thresholds raised)"
+        } else {
+            ""
+        };
+        println!("baseline: torch {torch_version}{dtypes}{steps}{heap}");
     }
     Ok(())
+}
+
+/// Loads the engine and measures the whole step at each batch size; returns the precision of
+/// the graphs it ran.
+fn measure_steps(
+    args: &Args,
+    rows: &[InputRow],
+    cap: &Bundle,
+    fil: &Bundle,
+    fil_pre: Option<&Preprocessing>,
+) -> Result<(Precision, Vec<Measured>)> {
+    let rt = OrtRuntime::init(&OrtConfig {
+        library: None,
+        gpu: matches!(args.device, Device::Cuda(_)),
+    })?;
+    let session = SessionOptions {
+        device: args.device,
+        intra_threads: Some(args.threads),
+        optimization: Optimization::All,
+        precision: args.precision,
+        host_decoding: args.host_decoding,
+        ..SessionOptions::default()
+    };
+    let generation = cap
+        .manifest
+        .generation
+        .as_ref()
+        .map(GenerationParams::from_bundle)
+        .unwrap_or_default();
+    let params = StepParams {
+        generation,
+        ..StepParams::default()
+    };
+    let mut engine = Engine::load(rt, cap, fil, &session, params)?;
+    let precision = engine.captioner.precision();
+    let limits = ImageLimits::default();
+    let cap_pre = cap.manifest.preprocessing.clone();
+    let mut measured = Vec::new();
+    for &bs in &args.batch_sizes {
+        let bs = bs.max(1);
+        let mut timings = StepTimings::default();
+        let run = |engine: &mut Engine,
+                   part: &[capfilt_worker::input::InputRow],
+                   timings: &mut StepTimings|
+         -> Result<u128> {
+            let t = Instant::now();
+            let prepared: Vec<_> = part
+                .iter()
+                .filter_map(|r| prepare(r, &cap_pre, fil_pre, &limits).ok())
+                .collect();
+            let decode = t.elapsed().as_millis();
+            engine.run(&prepared, timings)?;
+            Ok(decode)
+        };
+        run(
+            &mut engine,
+            &rows[..bs.min(rows.len())],
+            &mut StepTimings::default(),
+        )?; // warm-up
+        let t = Instant::now();
+        let mut decode_ms = 0;
+        for part in rows.chunks(bs) {
+            decode_ms += run(&mut engine, part, &mut timings)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "[capfilt] batch {bs}: {:.2} images/s",
+            rows.len() as f64 / secs
+        );
+        measured.push(Measured {
+            batch: bs,
+            images: rows.len(),
+            capfilt: rows.len() as f64 / secs,
+            torch: Vec::new(),
+            caption_ms: timings.caption.as_millis(),
+            filter_ms: timings.filter.as_millis(),
+            decode_ms,
+        });
+    }
+
+    Ok((precision, measured))
+}
+
+/// The step table: capfilt's images/s at each batch size beside PyTorch's, one pair of columns
+/// per baseline precision.
+fn print_steps(
+    args: &Args,
+    cap: &Bundle,
+    precision: Precision,
+    baselines: &[Precision],
+    measured: &[Measured],
+) {
+    let a = &cap.manifest.architecture;
+    let images = measured.first().map_or(0, |m| m.images);
+    println!(
+        "CapFilt step: {images} images of {}, captioner {} (vision {}x{} px/{} patches, text {}x{}), {} threads, {}, {precision}{}",
+        args.data.display(),
+        cap.manifest.name,
+        cap.manifest.preprocessing.image_size,
+        cap.manifest.preprocessing.image_size,
+        a.patch_size,
+        a.text_layers,
+        a.text_hidden_size,
+        args.threads,
+        args.device,
+        if args.host_decoding {
+            ", host decoding"
+        } else {
+            ""
+        }
+    );
+    // One "pytorch img/s, ratio" pair of columns per baseline, named by its precision unless
+    // the only baseline runs in capfilt's own.
+    let torch_headers: Vec<String> = match baselines {
+        [] => vec!["pytorch img/s".into()],
+        [only] if *only == precision => vec!["pytorch img/s".into()],
+        many => many.iter().map(|d| format!("pytorch {d} img/s")).collect(),
+    };
+    let mut header = format!("{:>6} {:>16}", "batch", "capfilt img/s");
+    for h in &torch_headers {
+        header += &format!(" {h:>16} {:>7}", "ratio");
+    }
+    println!(
+        "{header}   {:>10} {:>10} {:>10}",
+        "decode ms", "caption ms", "filter ms"
+    );
+    for m in measured {
+        let mut line = format!("{:>6} {:>16.2}", m.batch, m.capfilt);
+        for k in 0..torch_headers.len() {
+            let (torch, ratio) = match m.torch.get(k).copied().flatten() {
+                Some(t) => (format!("{t:.2}"), format!("{:.2}x", m.capfilt / t)),
+                None => ("-".into(), "-".into()),
+            };
+            line += &format!(" {torch:>16} {ratio:>7}");
+        }
+        println!(
+            "{line}   {:>10} {:>10} {:>10}",
+            m.decode_ms, m.caption_ms, m.filter_ms
+        );
+    }
+}
+
+/// Images/s on the calling thread.
+struct PreprocessingRates {
+    /// Decode + resize + normalise.
+    decode: f64,
+    /// The decode alone.
+    decode_only: f64,
+    /// Resize + normalise alone, on images decoded beforehand.
+    resize_only: f64,
+    /// Decode + resize + normalise with DCT-domain downscaling of large JPEGs.
+    draft: f64,
+}
+
+/// Each rate is the best of `windows` one-second windows, the four measurements taking turns so
+/// that a slow spell of a shared machine cannot fall on one of them only (the best window, as
+/// Python's `timeit` advises: slower windows measure the machine's other load, not the code).
+/// `scripts/bench_hf.py` measures Pillow the same way.
+fn preprocessing_rates(
+    rows: &[InputRow],
+    pre: &Preprocessing,
+    limits: &ImageLimits,
+    windows: usize,
+) -> PreprocessingRates {
+    let draft_limits = ImageLimits {
+        jpeg_draft: true,
+        ..*limits
+    };
+    let images: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.image.as_ref())
+        .filter_map(|b| capfilt_worker::preprocess::decode_rgb(b, limits).ok())
+        .collect();
+    let side = pre.image_size as usize;
+    let mut pixels = vec![0f32; 3 * side * side];
+    // One pass over the images per call; returns how many it did.
+    let mut passes: [Box<dyn FnMut() -> usize + '_>; 4] = [
+        Box::new(|| {
+            for r in rows {
+                let _ = prepare(r, pre, None, limits);
+            }
+            rows.len()
+        }),
+        Box::new(|| {
+            for r in rows {
+                if let Some(bytes) = &r.image {
+                    let _ = capfilt_worker::preprocess::decode_rgb(bytes, limits);
+                }
+            }
+            rows.len()
+        }),
+        Box::new(|| {
+            for image in &images {
+                capfilt_worker::preprocess::pixel_values_into(image, pre, &mut pixels);
+            }
+            images.len()
+        }),
+        Box::new(|| {
+            for r in rows {
+                let _ = prepare(r, pre, None, &draft_limits);
+            }
+            rows.len()
+        }),
+    ];
+    let mut best = [0f64; 4];
+    for _ in 0..windows.max(1) {
+        for (pass, best) in passes.iter_mut().zip(&mut best) {
+            let t = Instant::now();
+            let mut done = 0usize;
+            loop {
+                let n = pass();
+                done += n;
+                if n == 0 || t.elapsed().as_secs_f64() >= 1.0 {
+                    break;
+                }
+            }
+            *best = best.max(done as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    PreprocessingRates {
+        decode: best[0],
+        decode_only: best[1],
+        resize_only: best[2],
+        draft: best[3],
+    }
 }

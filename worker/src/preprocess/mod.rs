@@ -255,11 +255,17 @@ mod draft {
 /// after the last scan is the real end, however many bytes trail it (Pillow ignores trailing
 /// bytes too); an EXIF thumbnail's scan and end marker come before the main image's scans,
 /// so a main image cut short is caught even when its thumbnail is whole.
+///
+/// Checked as "there is a start of scan, and the last end marker comes after the last start of
+/// scan": the backward search stops at the end marker, normally the last two bytes, and the
+/// forward one at the first scan, after the headers; a backward scan of the whole file for its
+/// last start of scan cost 4% of the decode of a 70 KB photo.
 fn has_jpeg_end(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xff, 0xda]) else {
+    let Some(eoi) = memchr::memmem::rfind(bytes, &[0xff, 0xd9]) else {
         return false;
     };
-    bytes[sos..].windows(2).any(|w| w == [0xff, 0xd9])
+    memchr::memmem::find(&bytes[..eoi], &[0xff, 0xda]).is_some()
+        && memchr::memmem::find(&bytes[eoi + 2..], &[0xff, 0xda]).is_none()
 }
 
 /// RGB8 the way HF's `BlipImageProcessor` makes it (`convert_to_rgb`): an image with an alpha
@@ -421,6 +427,11 @@ mod tests {
         assert!(!has_jpeg_end(&jpeg), "main scan without its end marker");
         jpeg.extend([0xff, 0xd9, b'x', b'y']);
         assert!(has_jpeg_end(&jpeg), "complete, with trailing bytes");
+        assert!(!has_jpeg_end(&[0xff, 0xd8, 0xff, 0xd9]), "no scan at all");
+        assert!(
+            !has_jpeg_end(&[0xff, 0xd8, 0xff, 0xda, 1, 2]),
+            "no end marker at all"
+        );
     }
 
     fn png(img: DynamicImage) -> Vec<u8> {
