@@ -14,7 +14,9 @@
 //! Also: decode + bicubic resize + normalise images/s on one core, against Pillow + numpy, then
 //! the decode alone and the resize + normalise alone (on images decoded beforehand), and the
 //! whole with DCT-domain downscaling of large JPEGs (`--jpeg-draft`, against Pillow's `draft`),
-//! with how far each draft path's model input is from the full decode's.
+//! with how far each draft path's model input is from the full decode's. Each of those is the
+//! best of `--windows` one-second windows on both sides (see `preprocessing_rates`);
+//! `--preprocess-only` prints them alone, without loading a model.
 
 use std::path::PathBuf;
 use std::process::Command;
