@@ -89,7 +89,6 @@ struct Args {
 
 struct Measured {
     batch: usize,
-    images: usize,
     capfilt: f64,
     /// PyTorch's images/s, one per baseline precision.
     torch: Vec<Option<f64>>,
@@ -135,7 +134,15 @@ fn main() -> Result<()> {
     let (precision, mut measured) = if args.preprocess_only {
         (None, Vec::new())
     } else {
-        let (precision, measured) = measure_steps(&args, &rows, &cap, &fil, fil_pre.as_ref())?;
+        let (precision, measured) = measure_steps(
+            &args,
+            &rows,
+            &cap,
+            &fil,
+            &cap_pre,
+            fil_pre.as_ref(),
+            &limits,
+        )?;
         (Some(precision), measured)
     };
 
@@ -218,7 +225,7 @@ fn main() -> Result<()> {
 
     let size = cap_pre.image_size;
     match precision {
-        Some(precision) => print_steps(&args, &cap, precision, &baselines, &measured),
+        Some(precision) => print_steps(&args, &cap, precision, &baselines, rows.len(), &measured),
         None => println!(
             "Preprocessing: {} images of {}, captioner {}'s input {size}x{size} px",
             rows.len(),
@@ -295,7 +302,9 @@ fn measure_steps(
     rows: &[InputRow],
     cap: &Bundle,
     fil: &Bundle,
+    cap_pre: &Preprocessing,
     fil_pre: Option<&Preprocessing>,
+    limits: &ImageLimits,
 ) -> Result<(Precision, Vec<Measured>)> {
     let rt = OrtRuntime::init(&OrtConfig {
         library: None,
@@ -321,8 +330,6 @@ fn measure_steps(
     };
     let mut engine = Engine::load(rt, cap, fil, &session, params)?;
     let precision = engine.captioner.precision();
-    let limits = ImageLimits::default();
-    let cap_pre = cap.manifest.preprocessing.clone();
     let mut measured = Vec::new();
     for &bs in &args.batch_sizes {
         let bs = bs.max(1);
@@ -334,7 +341,7 @@ fn measure_steps(
             let t = Instant::now();
             let prepared: Vec<_> = part
                 .iter()
-                .filter_map(|r| prepare(r, &cap_pre, fil_pre, &limits).ok())
+                .filter_map(|r| prepare(r, cap_pre, fil_pre, limits).ok())
                 .collect();
             let decode = t.elapsed().as_millis();
             engine.run(&prepared, timings)?;
@@ -357,7 +364,6 @@ fn measure_steps(
         );
         measured.push(Measured {
             batch: bs,
-            images: rows.len(),
             capfilt: rows.len() as f64 / secs,
             torch: Vec::new(),
             caption_ms: timings.caption.as_millis(),
@@ -376,10 +382,10 @@ fn print_steps(
     cap: &Bundle,
     precision: Precision,
     baselines: &[Precision],
+    images: usize,
     measured: &[Measured],
 ) {
     let a = &cap.manifest.architecture;
-    let images = measured.first().map_or(0, |m| m.images);
     println!(
         "CapFilt step: {images} images of {}, captioner {} (vision {}x{} px/{} patches, text {}x{}), {} threads, {}, {precision}{}",
         args.data.display(),
